@@ -1,0 +1,162 @@
+"""Command line: `avatar serve | render | train | eval`.
+
+Settings come from config.toml (or --config PATH); flags override single keys. This is the one
+place that reads the command line; everything below it receives frozen config dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from avatar.config import AppConfig, load_config, with_overrides
+from avatar.errors import AvatarError
+
+log = logging.getLogger("avatar")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="config file (default: the repository's config.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _add_generator_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", choices=["warp", "tgan"], help="override generator.name")
+    parser.add_argument("--checkpoint", type=Path, help="override generator.checkpoint (a tgan checkpoint)")
+    parser.add_argument("--device", help="override generator.device: auto, cpu, cuda, cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar", description="Real-time talking portrait.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the web and WebRTC server")
+    _add_common(serve)
+    _add_generator_flags(serve)
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+
+    render = commands.add_parser("render", help="portrait + audio file -> talking video (MP4)")
+    _add_common(render)
+    _add_generator_flags(render)
+    render.add_argument(
+        "inputs", nargs="*", metavar="[PORTRAIT] AUDIO",
+        help="an optional portrait image (default: the configured built-in) and an audio file",
+    )
+    render.add_argument("--say", help="speak this text with espeak-ng instead of reading an audio file")
+    render.add_argument("-o", "--output", type=Path, required=True, help="output video file (.mp4)")
+    render.add_argument("--landmarks", type=Path, help="JSON file of 68 (x, y) landmarks for the portrait")
+    render.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    train = commands.add_parser("train", help="train the temporal-GAN generator on talking-face videos")
+    _add_common(train)
+    train.add_argument("data_dir", type=Path, help="folder of talking-face videos with audio")
+    train.add_argument("-o", "--output", type=Path, required=True, help="run folder for checkpoints and logs")
+    train.add_argument("--steps", type=int, help="override train.steps")
+    train.add_argument("--device", help="override generator.device")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    evaluate = commands.add_parser("eval", help="metrics of a tgan checkpoint on held-out clips")
+    _add_common(evaluate)
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("data_dir", type=Path)
+    evaluate.add_argument("--device", help="override generator.device")
+    return parser
+
+
+def _generator_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if getattr(args, "generator", None):
+        values["name"] = args.generator
+    if getattr(args, "checkpoint", None):
+        values["checkpoint"] = str(args.checkpoint)
+        values.setdefault("name", "tgan")
+    if getattr(args, "device", None):
+        values["device"] = args.device
+    return values
+
+
+def _config(args: argparse.Namespace, **sections: dict[str, Any]) -> AppConfig:
+    return with_overrides(load_config(args.config), generator=_generator_overrides(args), **sections)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server: dict[str, Any] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    config = _config(args, server=server)
+    # The CLI is the top of the stack: it alone may reach into signaling.
+    from signaling.server import run_server
+
+    return run_server(config)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from avatar.render import render_file
+
+    inputs: list[Path] = [Path(p) for p in args.inputs]
+    if args.say is not None:
+        if len(inputs) > 1:
+            raise AvatarError("with --say, give at most one input: the portrait")
+        portrait, audio = (inputs[0] if inputs else None), None
+    else:
+        if not 1 <= len(inputs) <= 2:
+            raise AvatarError("give an audio file (optionally preceded by a portrait image), or --say TEXT")
+        portrait, audio = (inputs[0], inputs[1]) if len(inputs) == 2 else (None, inputs[0])
+    result = render_file(
+        _config(args),
+        audio_path=audio,
+        out_path=args.output,
+        portrait_path=portrait,
+        landmarks_path=args.landmarks,
+        say=args.say,
+        progress=not args.no_progress,
+    )
+    log.info("wrote %s: %d frames, %.2f s", result.out_path, result.frames, result.duration_s)
+    print(result.out_path)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from avatar.train.loop import train
+
+    train_overrides = {"steps": args.steps} if args.steps is not None else {}
+    config = _config(args, train=train_overrides)
+    last_checkpoint = train(config, args.data_dir, args.output, progress=not args.no_progress)
+    print(last_checkpoint)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from avatar.train.evaluate import evaluate
+
+    metrics = evaluate(_config(args), args.checkpoint, args.data_dir)
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval}
+    try:
+        return handlers[args.command](args)
+    except AvatarError as exc:
+        print(f"avatar {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

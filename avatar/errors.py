@@ -1,0 +1,31 @@
+"""Errors the library raises on purpose; each carries a message meant for a person."""
+
+from __future__ import annotations
+
+
+class AvatarError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class ConfigError(AvatarError):
+    """A setting in config.toml or a flag is missing, unknown or out of range."""
+
+
+class AudioError(AvatarError):
+    """Audio that cannot be decoded or does not fit the chain."""
+
+
+class PortraitError(AvatarError):
+    """An image that cannot be used as a portrait (not an image, too large, no face)."""
+
+
+class GeneratorError(AvatarError):
+    """A generator that cannot be built or loaded (unknown name, bad checkpoint)."""
+
+
+class CheckpointError(GeneratorError):
+    """A checkpoint file that is missing, unsafe, or does not match the model."""
+
+
+class DeviceError(AvatarError):
+    """A sound or compute device that is asked for but not present."""
