@@ -1,0 +1,237 @@
+"""The signaling protocol (DESIGN.md section 3): typed messages, parsing with validation, dumping.
+
+Text frames are JSON objects with a ``type``; one binary frame is one uploaded portrait image.
+`parse_client_message` turns one frame from a client into one typed message or raises
+`ProtocolError` with the code to answer; `dump` turns a server message into the text to send.
+
+Unknown keys in a client message are ignored (room for later fields); missing or mistyped
+required keys, unknown types and oversized values are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from avatar.errors import AvatarError
+
+# Error codes a client can get; each error message is meant for a person.
+BAD_MESSAGE: Final = "bad_message"
+UNAUTHORIZED: Final = "unauthorized"
+BUSY: Final = "busy"
+BAD_PORTRAIT: Final = "bad_portrait"
+BAD_SDP: Final = "bad_sdp"
+INTERNAL: Final = "internal"
+ERROR_CODES: Final = frozenset({BAD_MESSAGE, UNAUTHORIZED, BUSY, BAD_PORTRAIT, BAD_SDP, INTERNAL})
+
+MAX_TOKEN_CHARS: Final = 4096
+MAX_NAME_CHARS: Final = 200
+MAX_SDP_CHARS: Final = 256 * 1024  # a browser's complete offer is a few kB
+
+
+class ProtocolError(AvatarError):
+    """A client broke the protocol (or sent something unusable); `code` is the error code to answer."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- client to server --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    token: str | None = None
+    type: str = field(default="hello", init=False)
+
+
+@dataclass(frozen=True)
+class PortraitRequest:
+    """Choose a built-in portrait by name."""
+
+    name: str
+    type: str = field(default="portrait", init=False)
+
+
+@dataclass(frozen=True)
+class PortraitUpload:
+    """One binary frame: the bytes of a PNG, JPEG or WebP image (decoded and checked later)."""
+
+    data: bytes = field(repr=False)
+    type: str = field(default="portrait_upload", init=False)
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str = field(repr=False)
+    type: str = field(default="offer", init=False)
+
+
+@dataclass(frozen=True)
+class Bye:
+    type: str = field(default="bye", init=False)
+
+
+ClientMessage = Hello | PortraitRequest | PortraitUpload | Offer | Bye
+
+
+# --- server to client --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Welcome:
+    session: str
+    fps: int
+    width: int
+    height: int
+    portraits: tuple[str, ...]
+    type: str = field(default="welcome", init=False)
+
+
+@dataclass(frozen=True)
+class PortraitReply:
+    width: int
+    height: int
+    face: tuple[int, int, int, int]  # (x, y, w, h) in pixels of the output frame
+    name: str = ""
+    ok: bool = True
+    type: str = field(default="portrait", init=False)
+
+
+@dataclass(frozen=True)
+class Answer:
+    sdp: str = field(repr=False)
+    type: str = field(default="answer", init=False)
+
+
+@dataclass(frozen=True)
+class Stats:
+    fps: float
+    frames: int
+    speaking: bool
+    latency_ms: float | None = None
+    type: str = field(default="stats", init=False)
+
+
+@dataclass(frozen=True)
+class Error:
+    code: str
+    message: str
+    type: str = field(default="error", init=False)
+
+    def __post_init__(self) -> None:
+        if self.code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {self.code!r}")
+
+
+ServerMessage = Welcome | PortraitReply | Answer | Stats | Error
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(BAD_MESSAGE, message)
+
+
+def _string(obj: dict[str, Any], key: str, max_chars: int, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _bad(f"a {obj['type']!r} message needs a {key!r} field")
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"the {key!r} field of a {obj['type']!r} message must be a string")
+    if len(value) > max_chars:
+        raise _bad(f"the {key!r} field is too long ({len(value)} characters, at most {max_chars})")
+    return value
+
+
+def parse_client_message(frame: str | bytes, max_bytes: int | None = None) -> ClientMessage:
+    """Parse one WebSocket frame from a client; raise ProtocolError("bad_message", ...) if unusable.
+
+    A text frame (str) is a JSON object; a binary frame (bytes) is a portrait upload.
+    `max_bytes` bounds the frame's size (UTF-8 bytes for text).
+    """
+    if isinstance(frame, bytes | bytearray | memoryview):
+        data = bytes(frame)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise _bad(f"the upload is too large ({len(data)} bytes, at most {max_bytes})")
+        if not data:
+            raise ProtocolError(BAD_PORTRAIT, "the uploaded image is empty")
+        return PortraitUpload(data)
+    if not isinstance(frame, str):
+        raise _bad("a message must be a text or a binary frame")
+    if max_bytes is not None and len(frame) > max_bytes:  # cheap check first; chars <= bytes
+        raise _bad(f"the message is too large (more than {max_bytes} bytes)")
+    if max_bytes is not None and len(frame.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise _bad(f"the message is too large (more than {max_bytes} bytes)")
+    try:
+        obj = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        raise _bad(f"the message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _bad("a message must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise _bad("a message needs a string 'type' field")
+    if kind == "hello":
+        return Hello(token=_string(obj, "token", MAX_TOKEN_CHARS, required=False))
+    if kind == "portrait":
+        name = _string(obj, "name", MAX_NAME_CHARS)
+        assert name is not None
+        if not name.strip():
+            raise ProtocolError(BAD_PORTRAIT, "the portrait name is empty")
+        return PortraitRequest(name=name)
+    if kind == "offer":
+        sdp = _string(obj, "sdp", MAX_SDP_CHARS)
+        assert sdp is not None
+        if not sdp.strip():
+            raise ProtocolError(BAD_SDP, "the offer's SDP is empty")
+        return Offer(sdp=sdp)
+    if kind == "bye":
+        return Bye()
+    raise _bad(f"unknown message type {kind[:40]!r}; expected hello, portrait, offer or bye")
+
+
+# --- dumping -------------------------------------------------------------------------------------
+
+
+def to_dict(message: ServerMessage | ClientMessage) -> dict[str, Any]:
+    """The JSON object of a message, `type` first (a PortraitUpload has none: it is a binary frame)."""
+    if isinstance(message, PortraitUpload):
+        raise TypeError("a portrait upload is sent as a binary frame, not as JSON")
+    out: dict[str, Any] = {"type": message.type}
+    if isinstance(message, Welcome):
+        out.update(
+            session=message.session, fps=message.fps, width=message.width, height=message.height,
+            portraits=list(message.portraits),
+        )
+    elif isinstance(message, PortraitReply):
+        out.update(ok=message.ok, width=message.width, height=message.height, face=list(message.face))
+        if message.name:
+            out["name"] = message.name
+    elif isinstance(message, Answer | Offer):
+        out["sdp"] = message.sdp
+    elif isinstance(message, Stats):
+        out.update(fps=round(float(message.fps), 2), frames=int(message.frames), speaking=bool(message.speaking))
+        if message.latency_ms is not None:
+            out["latency_ms"] = round(float(message.latency_ms), 1)
+    elif isinstance(message, Error):
+        out.update(code=message.code, message=message.message)
+    elif isinstance(message, Hello):
+        if message.token is not None:
+            out["token"] = message.token
+    elif isinstance(message, PortraitRequest):
+        out["name"] = message.name
+    return out
+
+
+def dump(message: ServerMessage | ClientMessage) -> str:
+    """The text frame of a message (clients' messages too, for tests and tools)."""
+    return json.dumps(to_dict(message), separators=(",", ":"))

@@ -1,0 +1,197 @@
+"""One RTCPeerConnection per client: take a complete offer, attach a session's tracks, answer.
+
+The offer must hold exactly one audio section (``sendrecv``: the voice comes back in sync;
+``sendonly``: video only) and one video section the client only receives (``recvonly``). Anything
+aiortc cannot use (malformed SDP raises ValueError, AttributeError, AssertionError, IndexError,
+KeyError, ... inside aiortc) is caught here, the peer is closed and ``ProtocolError("bad_sdp")`` is
+raised. Candidates are gathered completely before the answer is returned (no trickle).
+
+Audio jitter buffer: aiortc 1.16 builds ``JitterBuffer(capacity=16, prefetch=4)`` for every audio
+receiver (``RTCRtpReceiver.__init__``), which holds 4 packets (80 ms) before the first one plays,
+a delay added to every mouth movement. aiortc has no setting for it, so `set_audio_jitter_prefetch`
+swaps the receiver's buffer for one with ``webrtc.audio_jitter_prefetch`` right after the remote
+description is set, before any packet can arrive (packets flow only after the answer). It is the one
+place in the project that touches that private attribute; it checks the attribute is what it
+expects and fails loudly otherwise (aiortc is pinned below 1.17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.sdp import SessionDescription
+
+from avatar.config import WebRtcConfig
+from signaling.ice import rtc_configuration
+from signaling.messages import BAD_SDP, ProtocolError
+
+log = logging.getLogger(__name__)
+
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+_ENCODER_ATTR = "_RTCRtpSender__encoder"
+_AUDIO_JITTER_CAPACITY = 16  # aiortc's own capacity for audio (a power of two)
+
+
+class MediaSession(Protocol):
+    """What a peer needs from an avatar session (avatar.session.AvatarSession)."""
+
+    @property
+    def video_track(self) -> MediaStreamTrack: ...
+
+    @property
+    def audio_track(self) -> MediaStreamTrack | None: ...
+
+    def attach_audio(self, track: MediaStreamTrack) -> None: ...
+
+
+def set_audio_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
+    """Give an audio receiver a jitter buffer that holds `prefetch` packets before playing.
+
+    Must run before the receiver gets its first packet. prefetch 0 and 1 behave alike: a packet is
+    released when the next one arrives (that is how aiortc's buffer knows a frame is complete).
+    """
+    current = getattr(receiver, _JITTER_ATTR, None)
+    if not isinstance(current, JitterBuffer):
+        raise RuntimeError("aiortc's RTCRtpReceiver changed: cannot set the audio jitter buffer")
+    if current._prefetch == prefetch:
+        return
+    setattr(receiver, _JITTER_ATTR, JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=prefetch))
+
+
+async def _set_initial_bitrate(sender: RTCRtpSender, bitrate_bps: int) -> None:
+    """Set the video encoder's first target bitrate once aiortc has made the encoder.
+
+    aiortc makes the encoder on the first frame and starts it at its own default (VP8 500 kbps,
+    H264 1 Mbps); the browser's REMB feedback moves it later, within the encoder's limits.
+    """
+    for _ in range(200):  # up to 10 s
+        encoder = getattr(sender, _ENCODER_ATTR, None)
+        if encoder is not None:
+            if hasattr(encoder, "target_bitrate"):
+                encoder.target_bitrate = bitrate_bps
+                log.debug("video encoder target bitrate %d bps", encoder.target_bitrate)
+            return
+        await asyncio.sleep(0.05)
+
+
+def _check_offer(sdp: str) -> bool:
+    """Validate the offer's media sections; return True when the voice should come back."""
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises many types on malformed input
+        raise ProtocolError(BAD_SDP, f"the offer could not be read ({type(exc).__name__})") from None
+    audio = [m for m in description.media if m.kind == "audio"]
+    video = [m for m in description.media if m.kind == "video"]
+    if len(audio) != 1:
+        raise ProtocolError(BAD_SDP, f"the offer must have exactly one audio track (it has {len(audio)})")
+    if len(video) != 1:
+        raise ProtocolError(BAD_SDP, f"the offer must have exactly one video transceiver (it has {len(video)})")
+    if len(description.media) != 2:
+        raise ProtocolError(BAD_SDP, "the offer may hold only one audio and one video section")
+    audio_direction = audio[0].direction or "sendrecv"
+    video_direction = video[0].direction or "sendrecv"
+    if audio_direction not in ("sendrecv", "sendonly"):
+        raise ProtocolError(BAD_SDP, f"the audio track must be sendrecv or sendonly, not {audio_direction}")
+    if video_direction != "recvonly":
+        raise ProtocolError(BAD_SDP, f"the video transceiver must be recvonly, not {video_direction}")
+    return audio_direction == "sendrecv"
+
+
+def _video_preferences(codec: str) -> list[Any]:
+    """Video codecs, the configured one (with its RTX) first, the others after it as fallbacks."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    wanted = "video/" + {"vp8": "VP8", "h264": "H264"}[codec]
+    first = [c for c in capabilities if c.mimeType.lower() == wanted.lower()]
+    rtx = [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+    rest = [c for c in capabilities if c not in first and c not in rtx]
+    return first + rest + rtx
+
+
+class Peer:
+    """One client's RTCPeerConnection; `aclose()` is idempotent and always closes the connection."""
+
+    def __init__(self, config: WebRtcConfig, session_id: str) -> None:
+        self._config = config
+        self._session_id = session_id
+        self._pc: RTCPeerConnection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failed = asyncio.Event()
+        """Set when the connection fails or closes: the session should end."""
+        self.return_audio = False
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState if self._pc is not None else "new"
+
+    async def negotiate(
+        self, offer_sdp: str, make_session: Callable[[bool], Awaitable[MediaSession]]
+    ) -> str:
+        """Take the offer, attach the session made by `make_session(return_audio)`, return the answer.
+
+        Raises ProtocolError("bad_sdp") (after closing the peer) when the offer is unusable.
+        """
+        if self._pc is not None:
+            raise RuntimeError("a peer negotiates once")
+        self.return_audio = _check_offer(offer_sdp)
+        pc = self._pc = RTCPeerConnection(rtc_configuration(self._config))
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            state = pc.connectionState
+            log.info("session %s: connection %s", self._session_id, state)
+            if state in ("failed", "closed"):
+                self.failed.set()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except ProtocolError:
+            await self.aclose()
+            raise
+        except Exception as exc:
+            await self.aclose()
+            raise ProtocolError(BAD_SDP, f"the offer was refused ({type(exc).__name__}: {exc})"[:300]) from None
+        audio = next(t for t in pc.getTransceivers() if t.kind == "audio")
+        video = next(t for t in pc.getTransceivers() if t.kind == "video")
+        set_audio_jitter_prefetch(audio.receiver, self._config.audio_jitter_prefetch)
+
+        session = await make_session(self.return_audio)
+        pc.addTrack(session.video_track)
+        if self.return_audio:
+            track = session.audio_track
+            if track is None:
+                raise RuntimeError("the session has no audio track to send back")
+            pc.addTrack(track)
+        video.setCodecPreferences(_video_preferences(self._config.video_codec))
+        session.attach_audio(audio.receiver.track)
+
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)  # gathers every candidate: a complete answer
+        except Exception as exc:
+            await self.aclose()
+            raise ProtocolError(BAD_SDP, f"no answer fits the offer ({type(exc).__name__}: {exc})"[:300]) from None
+        self._spawn(_set_initial_bitrate(video.sender, self._config.video_bitrate_bps))
+        return pc.localDescription.sdp
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            self._closed_pc = pc
+            await pc.close()
+        self.failed.set()
