@@ -81,8 +81,8 @@ class PortraitConfig:
     default: str = "astronaut"
     max_pixels: int = 40_000_000
     max_bytes: int = 20_000_000
-    face_width_fraction: float = 0.42
-    eye_line_fraction: float = 0.40
+    face_width_fraction: float = 0.38
+    eye_line_fraction: float = 0.45
 
     def __post_init__(self) -> None:
         _check(self.max_pixels > 0, "portrait.max_pixels", "must be positive")

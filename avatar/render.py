@@ -1,0 +1,173 @@
+"""Offline render: portrait + audio file -> talking video (H264 + AAC in MP4).
+
+It runs the same chain as the live service, frame by frame: the audio is fed to the windower in
+20 ms chunks as a microphone would deliver it, each due window is stepped through the generator, and
+the frames are encoded as they come. The original audio (any file av decodes, at its own rate) is
+muxed beside the video, interleaved, so a long render never holds the whole video in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from avatar.audio import load_audio_file
+from avatar.config import SAMPLE_RATE_HZ, AppConfig
+from avatar.errors import AudioError
+from avatar.generators import load_generator
+from avatar.portrait import default_portrait, load_portrait
+from avatar.speech import synthesize_speech
+from avatar.windows import AudioWindow, AudioWindower
+
+log = logging.getLogger(__name__)
+
+CHUNK_S = 0.02
+"""Audio is pushed into the chain in chunks of this length, like WebRTC's 20 ms packets."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    out_path: Path
+    frames: int
+    duration_s: float
+    drives: list[dict[str, float]]
+
+
+def iter_windows(samples: np.ndarray, config: AppConfig) -> Iterator[AudioWindow]:
+    """Every video frame's window for a whole 16 kHz mono clip, produced the streaming way."""
+    windower = AudioWindower(config.windows, config.vad, config.video.fps)
+    chunk = round(CHUNK_S * SAMPLE_RATE_HZ)
+    for start in range(0, len(samples), chunk):
+        yield from windower.push(samples[start : start + chunk])
+    yield from windower.flush()
+
+
+def _decoded_audio_frames(path: Path) -> Iterator[av.AudioFrame]:
+    """The original file's audio, as float planar frames at its own rate (mono or stereo) for AAC."""
+    with av.open(str(path)) as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise AudioError(f"{path}: no audio stream")
+        layout = "mono" if stream.codec_context.channels == 1 else "stereo"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=stream.codec_context.sample_rate)
+        for frame in container.decode(stream):
+            frame.pts = None
+            yield from resampler.resample(frame)
+        yield from resampler.resample(None)
+
+
+class _Muxer:
+    """H264 video + AAC audio in one MP4, audio interleaved up to the latest video time."""
+
+    def __init__(self, out_path: Path, config: AppConfig, audio_path: Path) -> None:
+        self._container = av.open(str(out_path), mode="w")
+        fps = config.video.fps
+        self._fps = fps
+        self._video = self._container.add_stream(
+            config.render.video_codec, rate=fps, options={"crf": str(config.render.crf)}
+        )
+        self._video.width = config.video.width_px
+        self._video.height = config.video.height_px
+        self._video.pix_fmt = "yuv420p"
+        self._video.time_base = Fraction(1, fps)
+        self._audio_frames = _decoded_audio_frames(audio_path)
+        first = next(self._audio_frames, None)
+        self._pending_audio = first
+        rate = first.sample_rate if first is not None else SAMPLE_RATE_HZ
+        layout = first.layout.name if first is not None else "mono"
+        self._audio = self._container.add_stream(config.render.audio_codec, rate=rate, layout=layout)
+        self._audio.bit_rate = config.render.audio_bitrate_bps
+        # AAC takes frames of exactly frame_size samples; this FIFO re-chunks the decoded audio.
+        self._fifo = av.AudioFifo()
+        self._audio_samples = 0
+        self._rate = rate
+
+    def write_video(self, rgb: np.ndarray, frame_index: int) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = frame_index
+        self._container.mux(self._video.encode(frame))
+        self._write_audio_until((frame_index + 1) / self._fps)
+
+    def _write_audio_until(self, time_s: float | None) -> None:
+        while self._pending_audio is not None and (
+            time_s is None or self._audio_samples / self._rate < time_s
+        ):
+            frame = self._pending_audio
+            self._audio_samples += frame.samples
+            self._fifo.write(frame)
+            self._drain_fifo(final=False)
+            self._pending_audio = next(self._audio_frames, None)
+
+    def _drain_fifo(self, final: bool) -> None:
+        size = self._audio.codec_context.frame_size or 1024
+        while self._fifo.samples >= size or (final and self._fifo.samples > 0):
+            chunk = self._fifo.read(min(size, self._fifo.samples))
+            self._container.mux(self._audio.encode(chunk))
+
+    def close(self) -> None:
+        try:
+            self._write_audio_until(None)
+            self._drain_fifo(final=True)
+            self._container.mux(self._audio.encode(None))
+            self._container.mux(self._video.encode(None))
+        finally:
+            self._container.close()
+
+
+def render_file(
+    config: AppConfig,
+    *,
+    audio_path: Path | None,
+    out_path: Path,
+    portrait_path: Path | None = None,
+    landmarks_path: Path | None = None,
+    say: str | None = None,
+    progress: bool = True,
+) -> RenderResult:
+    """Render `audio_path` (or `say`, spoken with espeak-ng) on a portrait into `out_path`."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="avatar-render-") as tmp:
+        if say is not None:
+            audio_path = synthesize_speech(say, Path(tmp) / "say.wav")
+        if audio_path is None:
+            raise AudioError("no audio: give an audio file or text to say")
+        audio_path = Path(audio_path)
+        samples = load_audio_file(audio_path)
+        if portrait_path is None:
+            portrait = default_portrait(config)
+        else:
+            portrait = load_portrait(
+                Path(portrait_path), config.portrait, config.video, landmarks=landmarks_path
+            )
+        generator = load_generator(config)
+        stream = generator.new_stream(portrait, seed=config.generator.seed)
+        total_frames = -(-len(samples) * config.video.fps // SAMPLE_RATE_HZ)
+        log.info(
+            "rendering %.2f s of audio on %r with %s on %s: %d frames",
+            len(samples) / SAMPLE_RATE_HZ, portrait.name, generator.name, generator.device, total_frames,
+        )
+        muxer = _Muxer(out_path, config, audio_path)
+        drives: list[dict[str, float]] = []
+        frames = 0
+        try:
+            with tqdm(total=total_frames, unit="frame", disable=not progress, desc="render") as bar:
+                for window in iter_windows(samples, config):
+                    generated = generator.step([stream], [window])[0]
+                    muxer.write_video(generated.rgb, window.frame_index)
+                    drives.append(dict(generated.drive))
+                    frames += 1
+                    bar.update(1)
+        finally:
+            muxer.close()
+    return RenderResult(
+        out_path=out_path, frames=frames, duration_s=frames / config.video.fps, drives=drives
+    )
