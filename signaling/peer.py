@@ -91,7 +91,9 @@ def _check_offer(sdp: str) -> bool:
     if len(audio) != 1:
         raise ProtocolError(BAD_SDP, f"the offer must have exactly one audio track (it has {len(audio)})")
     if len(video) != 1:
-        raise ProtocolError(BAD_SDP, f"the offer must have exactly one video transceiver (it has {len(video)})")
+        raise ProtocolError(
+            BAD_SDP, f"the offer must have exactly one video transceiver (it has {len(video)})"
+        )
     if len(description.media) != 2:
         raise ProtocolError(BAD_SDP, "the offer may hold only one audio and one video section")
     audio_direction = audio[0].direction or "sendrecv"
@@ -129,9 +131,7 @@ class Peer:
     def connection_state(self) -> str:
         return self._pc.connectionState if self._pc is not None else "new"
 
-    async def negotiate(
-        self, offer_sdp: str, make_session: Callable[[bool], Awaitable[MediaSession]]
-    ) -> str:
+    async def negotiate(self, offer_sdp: str, make_session: Callable[[bool], Awaitable[MediaSession]]) -> str:
         """Take the offer, attach the session made by `make_session(return_audio)`, return the answer.
 
         Raises ProtocolError("bad_sdp") (after closing the peer) when the offer is unusable.
@@ -155,7 +155,9 @@ class Peer:
             raise
         except Exception as exc:
             await self.aclose()
-            raise ProtocolError(BAD_SDP, f"the offer was refused ({type(exc).__name__}: {exc})"[:300]) from None
+            raise ProtocolError(
+                BAD_SDP, f"the offer was refused ({type(exc).__name__}: {exc})"[:300]
+            ) from None
         audio = next(t for t in pc.getTransceivers() if t.kind == "audio")
         video = next(t for t in pc.getTransceivers() if t.kind == "video")
         set_audio_jitter_prefetch(audio.receiver, self._config.audio_jitter_prefetch)
@@ -175,7 +177,9 @@ class Peer:
             await pc.setLocalDescription(answer)  # gathers every candidate: a complete answer
         except Exception as exc:
             await self.aclose()
-            raise ProtocolError(BAD_SDP, f"no answer fits the offer ({type(exc).__name__}: {exc})"[:300]) from None
+            raise ProtocolError(
+                BAD_SDP, f"no answer fits the offer ({type(exc).__name__}: {exc})"[:300]
+            ) from None
         self._spawn(_set_initial_bitrate(video.sender, self._config.video_bitrate_bps))
         return pc.localDescription.sdp
 

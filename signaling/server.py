@@ -139,7 +139,12 @@ class AvatarBackend:
         from avatar.session import AvatarSession
 
         session: LiveSession = AvatarSession(
-            self._config, self._engine, self._generator, portrait, session_id=session_id, return_audio=return_audio
+            self._config,
+            self._engine,
+            self._generator,
+            portrait,
+            session_id=session_id,
+            return_audio=return_audio,
         )
         return session
 
@@ -153,7 +158,11 @@ def _static_response(connection: ServerConnection, web_dir: Path, request: Reque
     if path in ("", "/"):
         path = "/index.html"
     relative = Path(path.lstrip("/"))
-    if any(part in ("..", "") or part.startswith(".") for part in relative.parts) or "\\" in path or "\x00" in path:
+    if (
+        any(part in ("..", "") or part.startswith(".") for part in relative.parts)
+        or "\\" in path
+        or "\x00" in path
+    ):
         return connection.respond(404, "Not found\n")
     target = (web_dir / relative).resolve()
     if not target.is_relative_to(web_dir) or not target.is_file():
@@ -209,7 +218,9 @@ class _Client:
             pass
         except Exception:
             log.exception("session %s: internal error", self.id)
-            await self._try_send(m.Error(m.INTERNAL, "The server hit an internal error; this session has ended."))
+            await self._try_send(
+                m.Error(m.INTERNAL, "The server hit an internal error; this session has ended.")
+            )
         finally:
             await self.aclose()
 
@@ -232,12 +243,17 @@ class _Client:
         if token and not hmac.compare_digest((first.token or "").encode(), token.encode()):
             raise m.ProtocolError(m.UNAUTHORIZED, "The access token is missing or wrong.")
         if not self.server._take_slot(self):
-            raise m.ProtocolError(m.BUSY, "The server is busy (all sessions are in use); please try again later.")
+            raise m.ProtocolError(
+                m.BUSY, "The server is busy (all sessions are in use); please try again later."
+            )
         self.portrait = self.server.backend.default_portrait()
         video = self.config.video
         await self.send(
             m.Welcome(
-                session=self.id, fps=video.fps, width=video.width_px, height=video.height_px,
+                session=self.id,
+                fps=video.fps,
+                width=video.width_px,
+                height=video.height_px,
                 portraits=tuple(self.server.backend.portrait_names),
             )
         )
@@ -275,7 +291,8 @@ class _Client:
         self.portrait = portrait
         await self.send(
             m.PortraitReply(
-                width=int(portrait.rgb.shape[1]), height=int(portrait.rgb.shape[0]),
+                width=int(portrait.rgb.shape[1]),
+                height=int(portrait.rgb.shape[0]),
                 face=tuple(int(v) for v in portrait.face_box),  # type: ignore[arg-type]
                 name=portrait.name,
             )
@@ -312,15 +329,20 @@ class _Client:
             s = self.session.stats()
             await self.send(
                 m.Stats(
-                    fps=float(s.get("fps", 0.0)), frames=int(s.get("frames", 0)),
-                    speaking=bool(s.get("speaking", False)), latency_ms=s.get("latency_ms"),
+                    fps=float(s.get("fps", 0.0)),
+                    frames=int(s.get("frames", 0)),
+                    speaking=bool(s.get("speaking", False)),
+                    latency_ms=s.get("latency_ms"),
                 )
             )
 
     async def _watch_end(self) -> None:
         """The session ended (peer failed or closed, input ended): close the socket."""
         assert self.peer is not None and self.session is not None
-        waits = [asyncio.ensure_future(self.peer.failed.wait()), asyncio.ensure_future(self.session.ended.wait())]
+        waits = [
+            asyncio.ensure_future(self.peer.failed.wait()),
+            asyncio.ensure_future(self.session.ended.wait()),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
