@@ -43,7 +43,7 @@ class _VideoTrack(MediaStreamTrack):
         rgb = self._s.portrait.rgb.copy()
         x, y, w, h = self._s.portrait.face_box
         level = min(1.0, self._s.level * 8)
-        mouth = rgb[y + int(0.7 * h): y + int(0.9 * h), x + int(0.3 * w): x + int(0.7 * w)]
+        mouth = rgb[y + int(0.7 * h) : y + int(0.9 * h), x + int(0.3 * w) : x + int(0.7 * w)]
         mouth[:] = (mouth * (1.0 - 0.9 * level)).astype(np.uint8)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = round(self._index * 90000 / fps)
@@ -123,7 +123,12 @@ class FakeSession:
             self._audio_out.stop()
 
     def stats(self) -> dict[str, Any]:
-        return {"fps": float(self.fps), "frames": self.frames, "speaking": self.level > 0.01, "latency_ms": None}
+        return {
+            "fps": float(self.fps),
+            "frames": self.frames,
+            "speaking": self.level > 0.01,
+            "latency_ms": None,
+        }
 
 
 class FakeBackend(AvatarBackend):

@@ -99,7 +99,9 @@ class Client:
         await self.send({"type": "hello", **({"token": token} if token is not None else {})})
         return await self.recv()
 
-    async def offer(self, wav: Path | None = None, *, return_audio: bool = True, keep_every: int = 1) -> dict[str, Any]:
+    async def offer(
+        self, wav: Path | None = None, *, return_audio: bool = True, keep_every: int = 1
+    ) -> dict[str, Any]:
         """Make a complete offer (mic from `wav`, or silence), send it, apply the answer."""
         self.pc = pc = RTCPeerConnection()
         if wav is not None:
