@@ -1,0 +1,172 @@
+"""Mouth drive of the warp animator: audio window -> jaw, lip width, lip rounding.
+
+Everything here is causal: frame k looks only at its own audio window (past audio and the
+window's lookahead). Per stream state (smoothed drive values, automatic gain) lives in a
+`MouthDriveState`; `mouth_drive` advances many streams at once with numpy.
+
+The drive, per frame:
+- loudness: RMS in dBFS of the audio around t_k (20 ms before, up to 20 ms after).
+- automatic gain: a slow-tracking speech level per stream (rises fast towards loud frames, falls
+  slowly while speech goes on), so quiet and loud speakers both animate; the jaw opens by how
+  close the loudness is to that level, over `_JAW_RANGE_DB`. Clipped audio only saturates the level.
+- spectral shape from one 32 ms FFT: the share of energy around F1 of open vowels (500-1200 Hz)
+  opens the jaw further; strong high-F2 energy (1.8-3.5 kHz, "ee") spreads the lips; a low F1 with
+  little high energy ("oo") rounds them; a nasal murmur (energy only below 500 Hz, "m") closes them.
+- gate: nothing opens unless the window is marked speaking or it is loud against the level.
+- smoothing: attack `attack_s` on opening, release `release_s` on closing (faster on closures).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar.config import SAMPLE_RATE_HZ
+
+_FFT_SIZE = 512  # 32 ms at 16 kHz
+_RMS_HALF_S = 0.02  # loudness window: t_k - 20 ms .. t_k + 20 ms (as far as the lookahead reaches)
+_FLOOR_DB = -58.0  # below this nothing opens, whatever the gain
+_LEVEL_INIT_DB = -26.0  # starting guess of a stream's speech level
+_LEVEL_MIN_DB = -55.0
+_JAW_RANGE_DB = 20.0  # the jaw goes from closed to open over this many dB below the speech level
+_LEVEL_UP_S = 0.25  # the level rises this fast towards louder frames
+_LEVEL_DOWN_S = 1.5  # and falls this slowly while speech goes on
+_SHAPE_S = 0.06  # smoothing of lip width and rounding
+_EPS = 1e-10
+
+
+@dataclass
+class MouthDriveState:
+    """Causal state of one stream's mouth drive."""
+
+    jaw: float = 0.0
+    width: float = 0.0
+    rounding: float = 0.0
+    level_db: float = _LEVEL_INIT_DB
+
+
+@dataclass(frozen=True)
+class MouthDrive:
+    """Drive values of one frame of one stream."""
+
+    jaw: float  # 0 closed .. 1 widest (before warp.mouth_open_max)
+    width: float  # -1 narrow .. 1 spread
+    rounding: float  # 0 .. 1
+    loudness_db: float
+    level_db: float
+    closure: float  # 0 .. 1, how strongly a nasal murmur or pause closes the lips
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _alpha(dt: float, tau: float) -> float:
+    return 1.0 - math.exp(-dt / max(tau, 1e-6))
+
+
+class MouthDriver:
+    """Turns batches of audio windows into mouth drive values, advancing each stream's state."""
+
+    def __init__(self, fps: int, attack_s: float, release_s: float) -> None:
+        self.dt = 1.0 / fps
+        self.a_attack = _alpha(self.dt, attack_s)
+        self.a_release = _alpha(self.dt, release_s)
+        self.a_shape = _alpha(self.dt, _SHAPE_S)
+        self.a_level_up = _alpha(self.dt, _LEVEL_UP_S)
+        self.a_level_down = _alpha(self.dt, _LEVEL_DOWN_S)
+        self._window = np.hanning(_FFT_SIZE).astype(np.float64)
+        freqs = np.fft.rfftfreq(_FFT_SIZE, 1.0 / SAMPLE_RATE_HZ)
+        band = lambda lo, hi: ((freqs >= lo) & (freqs < hi)).astype(np.float64)  # noqa: E731
+        # (5, bins): total 100-5000, F1-low 100-500, F1-open 500-1200, mid 1200-1800, F2-high 1800-3500
+        self._bands = np.stack(
+            [band(100, 5000), band(100, 500), band(500, 1200), band(1200, 1800), band(1800, 3500)]
+        )
+
+    # ---- features -------------------------------------------------------------------------
+    def features(self, samples: np.ndarray, past: int) -> tuple[np.ndarray, np.ndarray]:
+        """Loudness (B,) in dBFS and band shares (B, 4) in dB, from windows (B, T) with t_k at `past`."""
+        samples = samples.astype(np.float64, copy=False)
+        n_total = samples.shape[1]
+        half = round(_RMS_HALF_S * SAMPLE_RATE_HZ)
+        lo, hi = max(0, past - half), min(n_total, past + half)
+        if hi <= lo:  # no lookahead and no past: nothing to measure
+            lo, hi = max(0, n_total - 2 * half), n_total
+        rms = np.sqrt(np.mean(samples[:, lo:hi] ** 2, axis=1))
+        loud = 20.0 * np.log10(rms + _EPS)
+        end = min(n_total, past + _FFT_SIZE // 2)
+        start = end - _FFT_SIZE
+        if start < 0:
+            seg = np.zeros((samples.shape[0], _FFT_SIZE))
+            seg[:, -end:] = samples[:, :end]
+        else:
+            seg = samples[:, start:end]
+        power = np.abs(np.fft.rfft(seg * self._window, axis=1)) ** 2  # (B, bins)
+        energy = power @ self._bands.T + _EPS  # (B, 5)
+        shares = 10.0 * np.log10(energy[:, 1:] / energy[:, :1])  # (B, 4) dB relative to the total
+        return loud, shares
+
+    # ---- one step for many streams ---------------------------------------------------------
+    def step(
+        self, states: Sequence[MouthDriveState], samples: np.ndarray, past: int, speaking: np.ndarray
+    ) -> list[MouthDrive]:
+        """Advance `states` by one frame from their windows `samples` (B, T); returns one drive each."""
+        loud, shares = self.features(samples, past)
+        f1_low, f1_open, mid, f2_high = (shares[:, i] for i in range(4))
+        level = np.array([s.level_db for s in states])
+        jaw = np.array([s.jaw for s in states])
+        width = np.array([s.width for s in states])
+        rounding = np.array([s.rounding for s in states])
+
+        audible = loud > _FLOOR_DB
+        active = audible & (speaking | (loud > np.maximum(level - 8.0, -40.0)))
+        # Automatic gain: the level follows loud frames up quickly and voiced frames down slowly.
+        up = active & (loud > level)
+        down = active & (loud <= level) & (loud > level - 2.0 * _JAW_RANGE_DB)
+        level = np.where(up, level + (loud - level) * self.a_level_up, level)
+        level = np.where(down, level + (loud - level) * self.a_level_down, level)
+        level = np.clip(level, _LEVEL_MIN_DB, 0.0)
+
+        # Loudness against the level: 0 at level - range, 1 at level - 3 dB and above.
+        loudness = _smoothstep((loud - (level - _JAW_RANGE_DB)) / (_JAW_RANGE_DB - 3.0))
+        # Vowel shape from band shares (dB of the 100-5000 Hz energy).
+        openness = _smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
+        spread = _smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
+        low_f1 = _smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
+        closure = _smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
+        round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
+
+        gate = active.astype(np.float64)
+        jaw_target = gate * loudness * (0.45 + 0.55 * openness) * (1.0 - 0.9 * closure)
+        width_target = gate * loudness * np.clip(spread - 0.6 * round_target, -1.0, 1.0)
+        round_target = gate * loudness * round_target
+
+        closing = jaw_target < jaw
+        a_jaw = np.where(closing, np.where(closure > 0.5, self.a_attack, self.a_release), self.a_attack)
+        jaw = jaw + (jaw_target - jaw) * a_jaw
+        width = width + (width_target - width) * self.a_shape
+        rounding = rounding + (round_target - rounding) * self.a_shape
+        # Snap tiny values to exactly zero so silence gives a closed mouth, not an asymptote.
+        jaw = np.where(jaw < 1e-3, 0.0, jaw)
+        width = np.where(np.abs(width) < 1e-3, 0.0, width)
+        rounding = np.where(rounding < 1e-3, 0.0, rounding)
+
+        drives = []
+        for i, state in enumerate(states):
+            state.jaw, state.width, state.rounding = float(jaw[i]), float(width[i]), float(rounding[i])
+            state.level_db = float(level[i])
+            drives.append(
+                MouthDrive(
+                    jaw=state.jaw,
+                    width=state.width,
+                    rounding=state.rounding,
+                    loudness_db=float(max(loud[i], -120.0)),
+                    level_db=state.level_db,
+                    closure=float(closure[i] * gate[i]),
+                )
+            )
+        return drives

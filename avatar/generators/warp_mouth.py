@@ -1,0 +1,170 @@
+"""The inside of the open mouth, painted over the warped frame.
+
+The warp stretches whatever lay between the lips at rest; once the jaw opens, that stretch is
+covered by a painted interior: the inner-lip outline at its target position (smoothed with a
+Catmull-Rom spline) as a soft mask feathered over about a pixel, filled with a dark cavity that is
+darker toward the corners, a band of upper teeth hanging from the upper lip whose height follows the
+opening, and a hint of tongue at the bottom. The lips themselves are never painted: they are warped.
+
+Work happens in a box around each mouth only; the math is batched over streams, the paste back
+into each frame is a slice per stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_SUBDIV = 4  # spline samples per landmark segment of the inner lip
+
+
+def _catmull_rom_matrix(n_points: int, subdiv: int) -> np.ndarray:
+    """(n_out, n_points) weights sampling a Catmull-Rom spline through n_points (ends repeated)."""
+    rows = []
+    for seg in range(n_points - 1):
+        for k in range(subdiv):
+            t = k / subdiv
+            idx = [max(seg - 1, 0), seg, seg + 1, min(seg + 2, n_points - 1)]
+            w = [
+                0.5 * (-t**3 + 2 * t**2 - t),
+                0.5 * (3 * t**3 - 5 * t**2 + 2),
+                0.5 * (-3 * t**3 + 4 * t**2 + t),
+                0.5 * (t**3 - t**2),
+            ]
+            row = np.zeros(n_points)
+            for i, wi in zip(idx, w, strict=True):
+                row[i] += wi
+            rows.append(row)
+    last = np.zeros(n_points)
+    last[-1] = 1.0
+    rows.append(last)
+    return np.stack(rows)
+
+
+_CR = _catmull_rom_matrix(5, _SUBDIV)  # (17, 5)
+
+
+def _interp_monotone(u: torch.Tensor, knots_u: torch.Tensor, knots_v: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear v(u) through knots sorted by u, clamped at the ends.
+
+    u: (B, P); knots: (B, S). v(u) = v_0 + sum_i clamp((u - u_i) / (u_{i+1} - u_i), 0, 1) (v_{i+1} - v_i).
+    """
+    du = (knots_u[:, 1:] - knots_u[:, :-1]).clamp_min(1e-3)  # (B, S-1)
+    dv = knots_v[:, 1:] - knots_v[:, :-1]
+    t = ((u[:, :, None] - knots_u[:, None, :-1]) / du[:, None, :]).clamp(0.0, 1.0)  # (B, P, S-1)
+    return knots_v[:, :1] + (t * dv[:, None, :]).sum(-1)
+
+
+def _smoothstep(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def mouth_boxes(
+    centres: np.ndarray, mouth_widths: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Integer box origins (B, 2) and one common (w, h) covering every mouth and its widest opening."""
+    w = int(min(width, np.ceil(1.7 * mouth_widths.max())))
+    h = int(min(height, np.ceil(1.35 * mouth_widths.max())))
+    x0 = np.clip(np.round(centres[:, 0] - w / 2), 0, width - w)
+    y0 = np.clip(np.round(centres[:, 1] - 0.35 * h), 0, height - h)
+    return np.stack([x0, y0], axis=1).astype(np.int64), (w, h)
+
+
+def paint_mouth(
+    frames: torch.Tensor,
+    inner: torch.Tensor,
+    rest_gap: torch.Tensor,
+    mouth_width: torch.Tensor,
+    teeth_rgb: torch.Tensor,
+    box_origins: np.ndarray,
+    box_size: tuple[int, int],
+) -> torch.Tensor:
+    """Composite the mouth interior into `frames` (B, 3, H, W) float in [0, 1], in place; returns it.
+
+    inner: (B, 8, 2) inner-lip points 60..67 at their target positions in output pixels.
+    rest_gap: (B,) inner-lip gap at rest (pixels, 62 to 66); the interior fades in as the gap
+    grows beyond it. mouth_width: (B,) pixels. teeth_rgb: (B, 3) in [0, 1].
+    """
+    b = frames.shape[0]
+    dev, dt = frames.device, frames.dtype
+    bw, bh = box_size
+    feather = max(0.6, 1.1 * frames.shape[-1] / 512.0)
+
+    # Local mouth frame: origin between the inner corners, u along the mouth, v downwards.
+    left, right_c = inner[:, 0], inner[:, 4]
+    axis = right_c - left
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    normal = torch.stack([-axis[:, 1], axis[:, 0]], dim=-1)  # (B, 2), points down the face
+    origin = 0.5 * (left + right_c)
+
+    def to_local(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rel = p - origin[:, None, :]
+        return (rel * axis[:, None, :]).sum(-1), (rel * normal[:, None, :]).sum(-1)
+
+    cr = torch.tensor(_CR, dtype=dt, device=dev)
+    upper_pts = cr @ inner[:, [0, 1, 2, 3, 4]]  # (B, 17, 2)
+    lower_pts = cr @ inner[:, [0, 7, 6, 5, 4]]
+    uu, vu = to_local(upper_pts)
+    ul, vl = to_local(lower_pts)
+    uu, ul = torch.cummax(uu, dim=1).values, torch.cummax(ul, dim=1).values
+
+    ys = torch.arange(bh, dtype=dt, device=dev)
+    xs = torch.arange(bw, dtype=dt, device=dev)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    org = torch.as_tensor(box_origins, dtype=dt, device=dev)
+    px = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2) + org[:, None, :]  # (B, P, 2)
+    u, v = to_local(px)  # (B, P)
+
+    v_up = _interp_monotone(u, uu, vu)
+    v_lo = _interp_monotone(u, ul, vl)
+    u_first = torch.minimum(uu[:, :1], ul[:, :1])
+    u_last = torch.maximum(uu[:, -1:], ul[:, -1:])
+    d_up, d_lo = v - v_up, v_lo - v
+    d_side = torch.minimum(u - u_first, u_last - u)
+    inside = (torch.minimum(torch.minimum(d_up, d_lo), d_side) / feather + 0.5).clamp(0.0, 1.0)
+
+    # Fade the interior in as the gap grows beyond its rest size (at rest: the portrait itself).
+    _, v62 = to_local(inner[:, 2:3])
+    _, v66 = to_local(inner[:, 6:7])
+    gap_centre = (v66 - v62)[:, 0]  # (B,)
+    opening = gap_centre - rest_gap
+    fade = (opening / (1.5 + 0.4 * rest_gap)).clamp(0.0, 1.0)  # (B,)
+
+    span = (u_last - u_first).clamp_min(1.0)
+    s = ((u - u_first) / span).clamp(0.0, 1.0)
+    centre = 1.0 - (2.0 * s - 1.0) ** 2  # 1 in the middle, 0 at the corners
+    gap = (v_lo - v_up).clamp_min(0.0)
+    mw = mouth_width[:, None]
+
+    # Cavity: dark red-brown, darker toward the corners and under the teeth.
+    depth = (d_up / gap.clamp_min(1.0)).clamp(0.0, 1.0)
+    cavity = torch.tensor([0.19, 0.05, 0.06], dtype=dt, device=dev)[None, :, None]
+    cavity = cavity * ((0.25 + 0.75 * centre.sqrt()) * (0.75 + 0.25 * depth))[:, None, :]
+
+    # Tongue: a soft ellipse rising from the lower lip in the middle of the mouth.
+    rx = 0.30 * span
+    ry = (0.45 * gap_centre[:, None]).clamp_min(1.0)
+    v_base = v_lo + 0.25 * ry
+    tongue_e = (u / rx) ** 2 + ((v - v_base) / ry) ** 2
+    tongue_a = _smoothstep((1.0 - tongue_e) / 0.5) * 0.85
+    tongue = torch.tensor([0.55, 0.22, 0.25], dtype=dt, device=dev)[None, :, None]
+    tongue = tongue * ((0.35 + 0.65 * centre) * (0.7 + 0.3 * depth))[:, None, :]
+
+    # Upper teeth: a band hanging from the upper lip, its height following the opening.
+    teeth_h = torch.minimum(torch.maximum(0.09 * mw, rest_gap[:, None]), 0.55 * gap)
+    teeth_a = ((teeth_h - d_up) / (0.7 * feather) + 0.5).clamp(0.0, 1.0) * (teeth_h > 0.5).to(dt)
+    top_shadow = 0.72 + 0.28 * _smoothstep(d_up / (0.35 * teeth_h.clamp_min(0.5)))
+    teeth_shade = (0.35 + 0.65 * centre.clamp_min(0.0) ** 0.6) * top_shadow
+    teeth = teeth_rgb[:, :, None] * teeth_shade[:, None, :]
+
+    colour = cavity + (tongue - cavity) * tongue_a[:, None, :]
+    colour = colour + (teeth - colour) * teeth_a[:, None, :]
+    alpha = (inside * fade[:, None])[:, None, :]  # (B, 1, P)
+    colour = colour.reshape(b, 3, bh, bw)
+    alpha = alpha.reshape(b, 1, bh, bw)
+    for i in range(b):
+        x0, y0 = int(box_origins[i, 0]), int(box_origins[i, 1])
+        region = frames[i, :, y0 : y0 + bh, x0 : x0 + bw]
+        region.mul_(1.0 - alpha[i]).add_(colour[i] * alpha[i])
+    return frames

@@ -1,0 +1,247 @@
+"""Face rig of the warp animator: control points from 68 landmarks, drive bases, TPS field, masks.
+
+The rig is built once per portrait (`build_rig`). Its control points are the 68 landmarks plus fixed
+anchors (above the brows, a ring around the face); each drive value moves them along a precomputed
+basis, so the targets of a frame are `rest + sum_k drive_k * basis_k`.
+
+The displacement field is a thin-plate spline solved per frame from target to rest positions (the
+backward map `grid_sample` needs: for each output pixel, where to read), batched over streams with
+one `torch.linalg.solve` of about 90 points. It is evaluated on a coarse grid over a region of
+interest around the face and faded out to zero at an ellipse around the face, so the background
+never moves because of it.
+
+Coordinates: pixels (x, y) of the output image, pixel centres at integers. The spline works in
+units of the output width so that it behaves the same at every output size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Landmark groups (iBUG 300-W, 0-based).
+JAW = list(range(0, 17))
+BROWS = list(range(17, 27))
+NOSE = list(range(27, 36))
+LEFT_EYE = list(range(36, 42))  # image left
+RIGHT_EYE = list(range(42, 48))
+OUTER_LIPS = list(range(48, 60))
+INNER_LIPS = list(range(60, 68))
+INNER_UPPER = [60, 61, 62, 63, 64]
+INNER_LOWER = [60, 67, 66, 65, 64]
+
+# Order of the drive bases.
+BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R = range(5)
+N_BASES = 5
+
+N_RING = 18
+N_FOREHEAD = 6
+N_LID = 8  # lid skin above each upper-lid point (moves part way) and cheek below each lower one (fixed)
+N_POINTS = 68 + N_FOREHEAD + N_RING + N_LID
+_LID_PAIRS = ((37, 41, 19), (38, 40, 20), (43, 47, 23), (44, 46, 24))  # upper lid, lower lid, brow above
+_LID_SKIN = 0.45  # lid-skin point: this far from the lid toward the brow
+_LID_SKIN_FOLLOW = 0.4  # and moves this share of the lid's travel
+TPS_REGULARISATION = 1e-5
+BLINK_TRAVEL = 0.8  # share of the eye opening the upper lid travels in a full blink
+RING_SCALE = 1.0  # the field is untouched inside this ellipse scale ...
+FADE_SCALE = 1.3  # ... and fades to zero at this one
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-6)
+
+
+@dataclass(frozen=True)
+class RigGeometry:
+    """Numbers measured once from the landmarks (pixels of the output image)."""
+
+    down: np.ndarray  # (2,) unit vector from nose bridge to chin
+    right: np.ndarray  # (2,) unit vector perpendicular to down, towards image right
+    face_width: float  # jaw 0 to jaw 16
+    face_height: float  # nose bridge (27) to chin (8)
+    mouth_width: float  # outer corner to outer corner
+    centre: np.ndarray  # (2,) centre of the face ellipse
+    axes: np.ndarray  # (2,) semi-axes of the face ellipse along (right, down)
+    chin: np.ndarray  # (2,)
+
+
+@dataclass
+class Rig:
+    """Per-portrait rig, as tensors on the generator's device."""
+
+    geometry: RigGeometry
+    rest: torch.Tensor  # (N, 2) control points at rest, pixels
+    bases: torch.Tensor  # (K, N, 2) displacement in pixels per unit of each drive value
+    roi_origin: torch.Tensor  # (2,) pixel position of the region-of-interest grid's first point
+    fade: torch.Tensor  # (h_roi, w_roi) 1 near the face, 0 at the ellipse of FADE_SCALE
+
+
+def rig_geometry(landmarks: np.ndarray) -> RigGeometry:
+    lm = landmarks.astype(np.float64)
+    down = _unit(lm[8] - lm[27])
+    right = np.array([-down[1], down[0]])
+    if right[0] < 0:
+        right = -right
+    face_width = float(np.linalg.norm(lm[16] - lm[0]))
+    face_height = float(np.linalg.norm(lm[8] - lm[27]))
+    mouth_width = float(np.linalg.norm(lm[54] - lm[48]))
+    brow_top = lm[BROWS] @ down
+    chin = lm[8] @ down
+    top = float(brow_top.min())
+    # Face ellipse: from a little above the brows to a little below the chin, jaw to jaw.
+    mid_right = float(((lm[0] + lm[16]) / 2.0) @ right)
+    mid_down = (top + float(chin)) / 2.0
+    centre = mid_right * right + mid_down * down
+    axes = np.array([0.5 * face_width * 1.22, 0.5 * (float(chin) - top) * 1.3])
+    return RigGeometry(
+        down=down, right=right, face_width=face_width, face_height=face_height,
+        mouth_width=mouth_width, centre=centre, axes=axes, chin=lm[8].copy(),
+    )
+
+
+def rest_points(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
+    """(N, 2): the 68 landmarks, anchors above the brows, a ring around the face."""
+    lm = landmarks.astype(np.float64)
+    forehead_idx = [17, 19, 21, 22, 24, 26]
+    forehead = lm[forehead_idx] - 0.35 * g.face_height * g.down
+    angles = np.linspace(0.0, 2.0 * np.pi, N_RING, endpoint=False)
+    ring = (
+        g.centre[None, :]
+        + (RING_SCALE * g.axes[0] * np.cos(angles))[:, None] * g.right[None, :]
+        + (RING_SCALE * g.axes[1] * np.sin(angles))[:, None] * g.down[None, :]
+    )
+    skin = [lm[u] + _LID_SKIN * (lm[b] - lm[u]) for u, _, b in _LID_PAIRS]
+    cheek = [lm[lo] + 0.8 * (lm[lo] - lm[u]) for u, lo, _ in _LID_PAIRS]
+    return np.concatenate([lm, forehead, ring, skin, cheek]).astype(np.float64)
+
+
+def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
+    """(K, N, 2) displacement per unit drive: jaw, width, rounding, blink left, blink right."""
+    lm = landmarks.astype(np.float64)
+    bases = np.zeros((N_BASES, N_POINTS, 2))
+    down, right, mw = g.down, g.right, g.mouth_width
+    open_px = 0.10 * g.face_height  # chin drop at jaw = 1
+
+    # Jaw: chin, lower jaw line and lower lip drop; falls off towards the ears.
+    jaw_weights = {3: 0.06, 4: 0.22, 5: 0.48, 6: 0.74, 7: 0.92, 8: 1.0, 9: 0.92, 10: 0.74, 11: 0.48,
+                   12: 0.22, 13: 0.06}
+    lower_lip = {55: 0.6, 56: 0.92, 57: 1.0, 58: 0.92, 59: 0.6, 65: 0.88, 66: 1.0, 67: 0.88}
+    corners = {48: 0.38, 54: 0.38, 60: 0.4, 64: 0.4}
+    upper_lip = {49: -0.04, 50: -0.08, 51: -0.09, 52: -0.08, 53: -0.04, 61: -0.08, 62: -0.09, 63: -0.08}
+    for table in (jaw_weights, lower_lip, corners, upper_lip):
+        for i, w in table.items():
+            bases[BASIS_JAW, i] += w * open_px * down
+    # The mouth narrows a little as it opens.
+    for i, side in ((48, -1), (60, -1), (54, 1), (64, 1)):
+        bases[BASIS_JAW, i] -= side * 0.05 * mw * right
+
+    # Width (spread, "ee"): corners out, the lips stretch and thin a little.
+    for i, side, w in ((48, -1, 0.08), (60, -1, 0.08), (54, 1, 0.08), (64, 1, 0.08),
+                       (49, -1, 0.04), (59, -1, 0.04), (53, 1, 0.04), (55, 1, 0.04),
+                       (61, -1, 0.03), (67, -1, 0.03), (63, 1, 0.03), (65, 1, 0.03)):
+        bases[BASIS_WIDTH, i] += side * w * mw * right
+    for i in (50, 51, 52):
+        bases[BASIS_WIDTH, i] += 0.012 * mw * down
+    for i in (56, 57, 58):
+        bases[BASIS_WIDTH, i] -= 0.012 * mw * down
+
+    # Rounding ("oo"): corners in, lips gather towards the centre and pout.
+    for i, side, w in ((48, -1, 0.17), (60, -1, 0.17), (54, 1, 0.17), (64, 1, 0.17),
+                       (49, -1, 0.09), (59, -1, 0.09), (53, 1, 0.09), (55, 1, 0.09),
+                       (61, -1, 0.08), (67, -1, 0.08), (63, 1, 0.08), (65, 1, 0.08),
+                       (50, -1, 0.03), (58, -1, 0.03), (52, 1, 0.03), (56, 1, 0.03)):
+        bases[BASIS_ROUND, i] -= side * w * mw * right
+    for i in (50, 51, 52):
+        bases[BASIS_ROUND, i] -= 0.035 * mw * down
+    for i in (56, 57, 58):
+        bases[BASIS_ROUND, i] += 0.035 * mw * down
+
+    # Blinks: the upper lids come down onto the lower ones, which rise a little.
+    skin0 = 68 + N_FOREHEAD + N_RING
+    for j, (upper, lower, _) in enumerate(_LID_PAIRS):
+        basis = BASIS_BLINK_L if upper < 42 else BASIS_BLINK_R
+        gap = lm[lower] - lm[upper]
+        # Not quite shut (the backward spline cannot fold a gap to a line): the lid skin above
+        # follows part way, the cheek below holds.
+        bases[basis, upper] += BLINK_TRAVEL * gap
+        bases[basis, lower] -= 0.08 * gap
+        bases[basis, skin0 + j] += _LID_SKIN_FOLLOW * BLINK_TRAVEL * gap
+    return bases
+
+
+def roi_size(width: int, height: int, field_scale: int) -> tuple[int, int]:
+    """(w, h) of the coarse region-of-interest grid; fixed per output size so streams batch."""
+    return (max(4, -(-int(0.8 * width) // field_scale)), max(4, -(-int(0.85 * height) // field_scale)))
+
+
+def build_rig(
+    landmarks: np.ndarray, width: int, height: int, field_scale: int, device: torch.device
+) -> Rig:
+    g = rig_geometry(landmarks)
+    rest = rest_points(landmarks, g)
+    bases = drive_bases(landmarks, g)
+    w_roi, h_roi = roi_size(width, height, field_scale)
+    # Centre the region on the face ellipse, keep it inside the image.
+    cx, cy = g.centre
+    x0 = float(np.clip(cx - 0.5 * w_roi * field_scale, 0, max(0, width - w_roi * field_scale)))
+    y0 = float(np.clip(cy - 0.5 * h_roi * field_scale, 0, max(0, height - h_roi * field_scale)))
+    origin = np.array([x0, y0]) + 0.5 * (field_scale - 1)  # centre of the first coarse cell
+    xs = origin[0] + field_scale * np.arange(w_roi)
+    ys = origin[1] + field_scale * np.arange(h_roi)
+    gx, gy = np.meshgrid(xs, ys)
+    rel = np.stack([gx - g.centre[0], gy - g.centre[1]], axis=-1)
+    rho = np.sqrt(((rel @ g.right) / g.axes[0]) ** 2 + ((rel @ g.down) / g.axes[1]) ** 2)
+    t = np.clip((FADE_SCALE - rho) / (FADE_SCALE - RING_SCALE), 0.0, 1.0)
+    fade = t * t * (3 - 2 * t)
+    f32 = dict(dtype=torch.float32, device=device)
+    return Rig(
+        geometry=g,
+        rest=torch.tensor(rest, **f32),
+        bases=torch.tensor(bases, **f32),
+        roi_origin=torch.tensor(origin, **f32),
+        fade=torch.tensor(fade, **f32),
+    )
+
+
+# ---- thin-plate spline ----------------------------------------------------------------------
+
+def _tps_kernel(d2: torch.Tensor) -> torch.Tensor:
+    """U(r) = r^2 log r^2 from squared distances; 0 at r = 0."""
+    return d2 * torch.log(d2.clamp_min(1e-12))
+
+
+def solve_backward_tps(targets: torch.Tensor, rest: torch.Tensor, scale: float) -> torch.Tensor:
+    """Spline weights mapping target positions to rest positions.
+
+    targets, rest: (B, N, 2) pixels. Returns (B, N + 3, 2): N kernel weights then the affine part,
+    for the displacement (rest - target) / scale as a function of position / scale.
+    """
+    b, n, _ = targets.shape
+    out_dtype = targets.dtype
+    # float64: the kernel matrix is badly conditioned in float32 (ripples across the forehead).
+    targets, rest = targets.double(), rest.double()
+    p = targets / scale
+    d2 = ((p[:, :, None, :] - p[:, None, :, :]) ** 2).sum(-1)  # (B, N, N)
+    k = _tps_kernel(d2) + TPS_REGULARISATION * torch.eye(n, dtype=p.dtype, device=p.device)
+    ones = torch.ones(b, n, 1, dtype=p.dtype, device=p.device)
+    pa = torch.cat([ones, p], dim=-1)  # (B, N, 3)
+    top = torch.cat([k, pa], dim=-1)  # (B, N, N + 3)
+    bottom = torch.cat([pa.transpose(1, 2), torch.zeros(b, 3, 3, dtype=p.dtype, device=p.device)], dim=-1)
+    a = torch.cat([top, bottom], dim=1)  # (B, N + 3, N + 3)
+    values = torch.cat([(rest - targets) / scale, torch.zeros(b, 3, 2, dtype=p.dtype, device=p.device)], dim=1)
+    return torch.linalg.solve(a, values).to(out_dtype)
+
+
+def eval_tps(weights: torch.Tensor, targets: torch.Tensor, points: torch.Tensor, scale: float) -> torch.Tensor:
+    """Displacement in pixels at `points` (B, G, 2) from weights (B, N + 3, 2); returns (B, G, 2)."""
+    n = targets.shape[1]
+    p = targets / scale
+    q = points / scale
+    # |q - p|^2 via one matrix product: (B, G, N)
+    d2 = (q * q).sum(-1, keepdim=True) + (p * p).sum(-1)[:, None, :] - 2.0 * q @ p.transpose(1, 2)
+    u = _tps_kernel(d2.clamp_min(0.0))
+    ones = torch.ones(q.shape[0], q.shape[1], 1, dtype=q.dtype, device=q.device)
+    disp = u @ weights[:, :n] + torch.cat([ones, q], dim=-1) @ weights[:, n:]
+    return disp * scale
