@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server={"host": "127.0.0.1", "port": 0},
         webrtc={"host_addresses": ["127.0.0.1"]},
         video={"width_px": args.size, "height_px": args.size, "fps": args.fps},
+        # Only speech moves the mouth region: no head motion or breathing to confuse the check.
+        warp={"head_motion": 0.0, "breathing": 0.0},
     )
     result: dict[str, Any] = {}
     server = ServerThread(config, args.fake)
