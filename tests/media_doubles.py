@@ -8,12 +8,18 @@ batch it is stepped with, so batching across sessions can be checked.
 
 from __future__ import annotations
 
+import asyncio
+import fractions
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
+import av
 import numpy as np
 import torch
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from scipy.signal import resample_poly
 
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
 from avatar.portrait import Portrait
@@ -78,3 +84,110 @@ def window(index: int, fps: int = 25, level: float = 0.0, past: int = 3200, ahea
     """A window of constant amplitude `level` (so its RMS is `level`)."""
     samples = np.full(past + ahead, level, dtype=np.float32)
     return AudioWindow(index, samples, past, level > 0, fps)
+
+
+class ArrayAudioTrack(MediaStreamTrack):
+    """Plays 48 kHz mono int16 samples in real time, 20 ms per frame, like a microphone.
+
+    `sent_at` records the clock time each frame left (for latency measurements). After the last
+    sample the track ends (MediaStreamError) or, with `then_silence`, sends silence forever.
+    """
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, *, then_silence: bool = False) -> None:
+        super().__init__()
+        self.samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        self.then_silence = then_silence
+        self.index = 0
+        self.start: float | None = None
+        self.sent_at: list[float] = []
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.start is None:
+            self.start = time.monotonic()
+        due = self.start + self.index * 0.02
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        chunk = self.samples[self.index * 960 : (self.index + 1) * 960]
+        if chunk.size == 0 and not self.then_silence:
+            self.stop()
+            raise MediaStreamError
+        if chunk.size < 960:
+            chunk = np.concatenate([chunk, np.zeros(960 - chunk.size, dtype=np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48_000
+        frame.pts = self.index * 960
+        frame.time_base = fractions.Fraction(1, 48_000)
+        self.index += 1
+        self.sent_at.append(time.monotonic())
+        return frame
+
+
+def wav_to_48k(path: Any) -> np.ndarray:
+    """A 16-bit WAV (any rate, mono or stereo) -> 48 kHz mono int16."""
+    from avatar.audio import load_audio_file
+
+    pcm16k = load_audio_file(path)  # int16 mono 16 kHz
+    up = resample_poly(pcm16k.astype(np.float32), 3, 1)
+    return np.clip(up, -32768, 32767).astype(np.int16)
+
+
+def tone_48k(seconds: float, amplitude: float = 0.3, hz: float = 220.0) -> np.ndarray:
+    t = np.arange(round(seconds * 48_000)) / 48_000
+    return (np.sin(2 * np.pi * hz * t) * amplitude * 32767).astype(np.int16)
+
+
+class Recorder:
+    """Consumes a received track, keeping (arrival time, frame) pairs."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.track = track
+        self.frames: list[tuple[float, Any]] = []
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                frame = await self.track.recv()
+            except MediaStreamError:
+                return
+            self.frames.append((time.monotonic(), frame))
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _set_prefetch(receiver: Any, prefetch: int) -> None:
+    from signaling.peer import set_audio_jitter_prefetch
+
+    set_audio_jitter_prefetch(receiver, prefetch)
+
+
+async def connect_in_process(session: Any, source: MediaStreamTrack, *, prefetch: int = 0) -> tuple[Any, Any]:
+    """A client and a server RTCPeerConnection on loopback, offer/answer in-process.
+
+    The client sends `source` (sendrecv when the session returns audio) and receives video; the
+    server side attaches the session's tracks the way signaling/peer.py does. Both audio receivers
+    hold `prefetch` packets (aiortc's default is 4). Returns (client_pc, server_pc).
+    """
+    from aiortc import RTCPeerConnection
+
+    client, server = RTCPeerConnection(), RTCPeerConnection()
+    client.addTrack(source)
+    client.addTransceiver("video", direction="recvonly")
+    await client.setLocalDescription(await client.createOffer())
+    await server.setRemoteDescription(client.localDescription)
+    audio = next(t for t in server.getTransceivers() if t.kind == "audio")
+    _set_prefetch(audio.receiver, prefetch)
+    server.addTrack(session.video_track)
+    if session.audio_track is not None:
+        server.addTrack(session.audio_track)
+    session.attach_audio(audio.receiver.track)
+    await server.setLocalDescription(await server.createAnswer())
+    client_audio = next(t for t in client.getTransceivers() if t.kind == "audio")
+    _set_prefetch(client_audio.receiver, prefetch)
+    await client.setRemoteDescription(server.localDescription)
+    return client, server

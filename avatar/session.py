@@ -1,0 +1,388 @@
+"""One live session: a peer's voice in, the talking portrait (and the voice, in sync) out.
+
+Chain: received audio track -> `AudioNormalizer` (16 kHz mono int16) -> `AudioWindower` (one
+window per video frame) -> `InferenceEngine` (batched with the other sessions) -> `FrameStore` ->
+`AvatarVideoTrack`; the same received audio, as 48 kHz mono, -> `DelayedAudioTrack`.
+
+How the video clock and the arriving voice line up
+--------------------------------------------------
+Input time `u` counts the received voice from its first sample. Window k of the windower stands at
+`u = k / fps` and needs the audio up to `k / fps + lookahead_s`. One `MediaTimeline` maps input time
+to clock time, `t = u + offset_s`, and both tracks read it: the video frame of window k goes out at
+`k / fps + offset_s` (the video grid is phased onto those times) and the voice of input time `u` is
+played at `u + offset_s`. Lips and voice are therefore in sync by construction; what remains to
+choose is the delay `delay_s` between the arrival of audio and its playing out:
+
+    delay_s = lookahead_s          (window k cannot be cut before its lookahead has arrived)
+            + generation_budget_s  (queueing and one batched step on the engine)
+            + margin_s             (the phase of 20 ms packets against frame times, network jitter)
+
+With the defaults (40 ms lookahead, 25 fps) that is 40 + 25 + 20 = 85 ms. It is the smallest
+delay at which every frame is ready on time; a larger one only adds latency, a smaller one makes the
+video repeat frames. The generation budget starts at `generation_budget_s` (a constructor argument,
+default 25 ms) and grows when frames complete after their time (twice within the last 50 frames):
+the session then re-anchors with the larger delay. It never shrinks within a session.
+
+The offset is set when the first audio arrives (`offset_s = now - u_end + delay_s`, so the packet
+that just ended at `u_end` plays `delay_s` from now) and is re-anchored the same way when an
+arriving packet finds itself too late (headroom under `lookahead + budget / 2`: a network stall)
+or too early (more than 1.5 frames past the delay: a burst after a stall). Re-anchoring costs a
+short audio gap or skip and one repeated or skipped frame; it is counted in `stats()`.
+
+What the video shows
+--------------------
+- No audio yet: the generator's idle frame (the portrait at rest), at full frame rate.
+- Audio flowing: frame k is the generator's frame for window k. When that frame is not ready at its
+  time (generation late, or audio late), the newest earlier frame is repeated: never a stall.
+- Audio stops arriving for `gap_s` (a muted or dead client), or the input track ends: the session
+  feeds silence into the windower at real-time pace, so the generator keeps producing frames: the
+  mouth closes, blinks and idle motion go on. When voice arrives again it simply continues the
+  input timeline after that silence.
+
+`ended` is set when the input track ends (and on `aclose()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from avatar.clock import Clock, SessionClock
+from avatar.config import SAMPLE_RATE_HZ, AppConfig
+from avatar.engine import EngineClosed, EngineHandle, EngineOverloaded, InferenceEngine
+from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
+from avatar.portrait import Portrait
+from avatar.tracks import AUDIO_RATE_HZ, AvatarVideoTrack, DelayedAudioTrack, FrameStore, MediaTimeline
+from avatar.windows import AudioWindow
+
+if TYPE_CHECKING:  # the audio edge and the windower are built lazily (see _build_audio_chain)
+    from avatar.audio import AudioNormalizer
+    from avatar.windows import AudioWindower
+
+logger = logging.getLogger(__name__)
+
+_RATIO = AUDIO_RATE_HZ // SAMPLE_RATE_HZ  # 48 kHz samples per 16 kHz sample
+_FILL_CHUNK_S = 0.02
+
+
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        return f"[session {self.extra['session']}] {msg}", kwargs
+
+
+class AvatarSession:
+    """Wires one peer's audio through the chain; `start()`, `attach_audio()`, `aclose()`."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        engine: InferenceEngine,
+        generator: FrameGenerator,
+        portrait: Portrait,
+        *,
+        session_id: str,
+        return_audio: bool = True,
+        clock: Clock | None = None,
+        seed: int | None = None,
+        generation_budget_s: float = 0.025,
+        margin_s: float = 0.02,
+        gap_s: float = 0.25,
+        normalizer: AudioNormalizer | None = None,
+        windower: AudioWindower | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.generator = generator
+        self.portrait = portrait
+        self.session_id = session_id
+        self.clock: Clock = clock or SessionClock()
+        self.seed = config.generator.seed + (seed if seed is not None else abs(hash(session_id)) % 100_000)
+        self.log = _SessionLog(logger, {"session": session_id})
+        self.fps = config.video.fps
+        self.lookahead_s = config.windows.lookahead_s
+        self.generation_budget_s = generation_budget_s
+        self.margin_s = margin_s
+        self.gap_s = gap_s
+        self._normalizer = normalizer
+        self._windower = windower
+
+        self.timeline = MediaTimeline(self.fps)
+        self.store = FrameStore(portrait.rgb)
+        self._video = AvatarVideoTrack(self.store, self.timeline, self.fps, clock=self.clock)
+        self._audio = DelayedAudioTrack(self.timeline, clock=self.clock) if return_audio else None
+        self.ended = asyncio.Event()
+        self._started = asyncio.Event()
+        self._closed = False
+        self._stream: GeneratorStream | None = None
+        self._handle: EngineHandle | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._futures: set[asyncio.Future[GeneratedFrame]] = set()
+        self._resampler48: av.AudioResampler | None = None
+
+        # Input timeline and counters.
+        self._pos48 = 0  # input samples (48 kHz) received or filled so far
+        self._last_arrival_s: float | None = None
+        self._input_ended = False
+        self._speaking = False
+        self._headroom_s: float | None = None  # smoothed (u_end + offset - arrival)
+        self._reanchor_wanted = False
+        self._late_history = collections.deque[bool](maxlen=50)
+        self._counters = collections.Counter[str]()
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def video_track(self) -> AvatarVideoTrack:
+        return self._video
+
+    @property
+    def audio_track(self) -> DelayedAudioTrack | None:
+        return self._audio
+
+    @property
+    def delay_s(self) -> float:
+        """Arrival of the voice -> its playing out (and its mouth shapes going out)."""
+        return self.lookahead_s + self.generation_budget_s + self.margin_s
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _build_audio_chain(self) -> None:
+        if self._normalizer is None:
+            from avatar.audio import AudioNormalizer
+
+            self._normalizer = AudioNormalizer()
+        if self._windower is None:
+            from avatar.windows import AudioWindower
+
+            self._windower = AudioWindower(self.config.windows, self.config.vad, self.fps)
+
+    async def start(self) -> None:
+        """Make the generator stream, register with the engine, start both tracks' clock; once."""
+        if self._started.is_set() or self._closed:
+            return
+        self._build_audio_chain()
+        self._stream = await self.engine.new_stream(self.portrait, self.seed)
+        idle = await self.engine.call(self.generator.idle_frame, self._stream)
+        if self._closed:  # closed while we were waiting on the engine
+            return
+        self.store.set_idle(idle)
+        self._handle = self.engine.open(self._stream)
+        t0 = self.clock.now_s()
+        self._video.start(t0)
+        if self._audio is not None:
+            self._audio.start(t0)
+        self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"session-{self.session_id}-pump")
+        self._started.set()
+        self.log.info("started (%d fps, delay %.0f ms)", self.fps, self.delay_s * 1000)
+
+    def attach_audio(self, track: MediaStreamTrack) -> None:
+        """Read `track` until it ends, into the chain; one input track per session."""
+        if self._closed:
+            raise RuntimeError("session is closed")
+        if self._consumer is not None:
+            raise RuntimeError("an audio track is already attached to this session")
+        self._consumer = asyncio.get_running_loop().create_task(
+            self._consume(track), name=f"session-{self.session_id}-audio-in"
+        )
+
+    async def aclose(self) -> None:
+        """Cancel and await every task, close the engine handle, stop the tracks; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._consumer, self._pump) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._consumer = self._pump = None
+        for future in list(self._futures):
+            future.cancel()
+        self._futures.clear()
+        if self._handle is not None:
+            self.engine.close(self._handle)
+            self._handle = None
+        self._video.stop()
+        if self._audio is not None:
+            self._audio.stop()
+            self._audio.clear()
+        self.store.clear()
+        self._stream = None
+        self.ended.set()
+        self.log.info("closed after %d frames", self._video.counters.frames)
+
+    # -- audio in --------------------------------------------------------------------------------
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        await self._started.wait()
+        try:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    break
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                try:
+                    self._on_audio(frame)
+                except Exception:  # one bad frame must not end the session
+                    self._counters["bad_frames"] += 1
+                    if self._counters["bad_frames"] <= 3:
+                        self.log.exception("dropping an audio frame that does not fit the chain")
+        finally:
+            self._input_ended = True
+            self.ended.set()
+        self.log.info("input audio ended")
+
+    def _to_48k_mono(self, frame: av.AudioFrame) -> np.ndarray:
+        if self._resampler48 is None:
+            self._resampler48 = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE_HZ)
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler48.resample(frame)]
+        return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
+
+    def _on_audio(self, frame: av.AudioFrame) -> None:
+        now = self.clock.now_s()
+        samples48 = self._to_48k_mono(frame)
+        assert self._normalizer is not None
+        pcm16 = self._normalizer.push_frame(frame)
+        if samples48.size:
+            u_end = (self._pos48 + samples48.size) / AUDIO_RATE_HZ
+            self._place(now, u_end)
+            if self._audio is not None:
+                self._audio.write(self._pos48, samples48)
+            self._pos48 += samples48.size
+        self._last_arrival_s = now
+        self._counters["audio_frames"] += 1
+        self._feed_windows(pcm16)
+
+    def _place(self, now: float, u_end: float) -> None:
+        """Anchor the timeline at the first packet; re-anchor when packets come too late or early."""
+        offset = self.timeline.offset_s
+        if offset is not None:
+            headroom = u_end + offset - now
+            self._headroom_s = headroom if self._headroom_s is None else 0.9 * self._headroom_s + 0.1 * headroom
+            too_late = headroom < self.lookahead_s + self.generation_budget_s / 2
+            too_early = headroom > self.delay_s + 1.5 / self.fps
+            if not (too_late or too_early or self._reanchor_wanted):
+                return
+            self._counters["reanchors"] += 1
+            self.log.info(
+                "re-anchoring: headroom %.0f ms, delay %.0f ms", headroom * 1000, self.delay_s * 1000
+            )
+        self._reanchor_wanted = False
+        self.timeline.anchor(now - u_end + self.delay_s)
+        self._headroom_s = self.delay_s
+
+    def _feed_windows(self, pcm16: np.ndarray) -> None:
+        assert self._windower is not None
+        if pcm16.size == 0:
+            return
+        for window in self._windower.push(pcm16):
+            self._submit(window)
+
+    def _submit(self, window: AudioWindow) -> None:
+        if self._handle is None:
+            return
+        due = self.timeline.frame_time(window.frame_index)
+        if due is not None and due < self.clock.now_s():
+            self._counters["skipped"] += 1  # its time has passed (a gap filled late): never shown
+            return
+        try:
+            future = self._handle.submit_nowait(window)
+        except EngineOverloaded:
+            self._counters["dropped"] += 1
+            return
+        except EngineClosed:
+            return
+        self._futures.add(future)
+        future.add_done_callback(functools.partial(self._on_generated, window))
+
+    def _on_generated(self, window: AudioWindow, future: asyncio.Future[GeneratedFrame]) -> None:
+        self._futures.discard(future)
+        if future.cancelled() or self._closed:
+            return
+        error = future.exception()
+        if error is not None:
+            self._counters["generator_errors"] += 1
+            if self._counters["generator_errors"] <= 3:
+                self.log.error("frame %d failed: %s", window.frame_index, error)
+            return
+        self.store.put(window.frame_index, future.result())
+        self._speaking = window.speaking
+        self._counters["generated"] += 1
+        due = self.timeline.frame_time(window.frame_index)
+        late = due is not None and self.clock.now_s() > due
+        self._late_history.append(late)
+        if late:
+            self._counters["late"] += 1
+            if sum(self._late_history) >= 2 and self.generation_budget_s < 0.5:
+                self.generation_budget_s = min(0.5, self.generation_budget_s + 0.5 / self.fps)
+                self._late_history.clear()
+                self._reanchor_wanted = True
+                self.log.info("frames late: generation budget now %.0f ms", self.generation_budget_s * 1000)
+
+    # -- rest frames when the voice stops --------------------------------------------------------
+
+    async def _run_pump(self) -> None:
+        """Each frame period: when no voice arrives (gap or ended input), feed silence."""
+        period = 1.0 / self.fps
+        next_t = self.clock.now_s()
+        while True:
+            next_t += period
+            await self.clock.sleep_until(next_t)
+            now = self.clock.now_s()
+            next_t = max(next_t, now - period)  # after a stall, do not spin to catch up
+            offset = self.timeline.offset_s
+            if offset is None or self._last_arrival_s is None:
+                continue  # no voice yet: the idle frame is shown
+            if not self._input_ended and now - self._last_arrival_s < self.gap_s:
+                continue
+            self._fill_silence_until(now + self.delay_s - offset)
+
+    def _fill_silence_until(self, u_target: float) -> None:
+        """Advance the input timeline with silence up to input time `u_target` (20 ms steps)."""
+        chunk48 = round(_FILL_CHUNK_S * AUDIO_RATE_HZ)
+        while (self._pos48 + chunk48) / AUDIO_RATE_HZ <= u_target + 1e-9:
+            self._pos48 += chunk48
+            self._counters["filled_frames"] += 1
+            self._feed_windows(np.zeros(chunk48 // _RATIO, dtype=np.int16))
+
+    # -- stats -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Delivered fps, frames sent, speaking, latency estimate and the counters behind them."""
+        video = self._video.counters
+        headroom = self._headroom_s if self._headroom_s is not None else self.delay_s
+        return {
+            "session": self.session_id,
+            "fps": round(self._video.measured_fps(), 2),
+            "frames": video.frames,
+            "speaking": bool(self._speaking),
+            # Voice arriving here -> its mouth shapes (and the voice) leaving: the timeline headroom.
+            "latency_ms": round(headroom * 1000, 1),
+            "delay_ms": round(self.delay_s * 1000, 1),
+            "new_frames": video.new,
+            "repeated_frames": video.repeats,
+            "idle_frames": video.idle,
+            "stalls": video.stalls,
+            "late_frames": self._counters["late"],
+            "dropped_windows": self._counters["dropped"],
+            "skipped_windows": self._counters["skipped"],
+            "reanchors": self._counters["reanchors"],
+            "audio_frames_in": self._counters["audio_frames"],
+            "filled_frames": self._counters["filled_frames"],
+            "input_ended": self._input_ended,
+        }
