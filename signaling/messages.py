@@ -222,9 +222,7 @@ def to_dict(message: ServerMessage | ClientMessage) -> dict[str, Any]:
     elif isinstance(message, Answer | Offer):
         out["sdp"] = message.sdp
     elif isinstance(message, Stats):
-        out.update(
-            fps=round(float(message.fps), 2), frames=int(message.frames), speaking=bool(message.speaking)
-        )
+        out.update(fps=round(float(message.fps), 2), frames=int(message.frames), speaking=bool(message.speaking))
         if message.latency_ms is not None:
             out["latency_ms"] = round(float(message.latency_ms), 1)
     elif isinstance(message, Error):

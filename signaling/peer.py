@@ -91,11 +91,14 @@ def _check_offer(sdp: str) -> bool:
     if len(audio) != 1:
         raise ProtocolError(BAD_SDP, f"the offer must have exactly one audio track (it has {len(audio)})")
     if len(video) != 1:
-        raise ProtocolError(
-            BAD_SDP, f"the offer must have exactly one video transceiver (it has {len(video)})"
-        )
+        raise ProtocolError(BAD_SDP, f"the offer must have exactly one video transceiver (it has {len(video)})")
     if len(description.media) != 2:
         raise ProtocolError(BAD_SDP, "the offer may hold only one audio and one video section")
+    for media in description.media:
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise ProtocolError(BAD_SDP, f"the offer's {media.kind} section has no DTLS fingerprint")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise ProtocolError(BAD_SDP, f"the offer's {media.kind} section has no ICE credentials")
     audio_direction = audio[0].direction or "sendrecv"
     video_direction = video[0].direction or "sendrecv"
     if audio_direction not in ("sendrecv", "sendonly"):
@@ -126,17 +129,20 @@ class Peer:
         self.failed = asyncio.Event()
         """Set when the connection fails or closes: the session should end."""
         self.return_audio = False
+        self._closed = False
 
     @property
     def connection_state(self) -> str:
-        return self._pc.connectionState if self._pc is not None else "new"
+        if self._pc is None:
+            return "closed" if self._closed else "new"
+        return self._pc.connectionState
 
     async def negotiate(self, offer_sdp: str, make_session: Callable[[bool], Awaitable[MediaSession]]) -> str:
         """Take the offer, attach the session made by `make_session(return_audio)`, return the answer.
 
         Raises ProtocolError("bad_sdp") (after closing the peer) when the offer is unusable.
         """
-        if self._pc is not None:
+        if self._pc is not None or self._closed:
             raise RuntimeError("a peer negotiates once")
         self.return_audio = _check_offer(offer_sdp)
         pc = self._pc = RTCPeerConnection(rtc_configuration(self._config))
@@ -148,28 +154,28 @@ class Peer:
             if state in ("failed", "closed"):
                 self.failed.set()
 
+        # Our transceivers exist before the offer is applied (aiortc matches them to the offer's
+        # sections by kind), so the codec preference and the jitter buffer are in place in time.
+        audio = pc.addTransceiver("audio", direction="sendrecv" if self.return_audio else "recvonly")
+        video = pc.addTransceiver("video", direction="sendonly")
+        video.setCodecPreferences(_video_preferences(self._config.video_codec))
+        set_audio_jitter_prefetch(audio.receiver, self._config.audio_jitter_prefetch)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except ProtocolError:
-            await self.aclose()
-            raise
         except Exception as exc:
             await self.aclose()
-            raise ProtocolError(
-                BAD_SDP, f"the offer was refused ({type(exc).__name__}: {exc})"[:300]
-            ) from None
-        audio = next(t for t in pc.getTransceivers() if t.kind == "audio")
-        video = next(t for t in pc.getTransceivers() if t.kind == "video")
-        set_audio_jitter_prefetch(audio.receiver, self._config.audio_jitter_prefetch)
+            raise ProtocolError(BAD_SDP, f"the offer was refused ({type(exc).__name__}: {exc})"[:300]) from None
+        if audio.receiver.track is None or len(pc.getTransceivers()) != 2:
+            await self.aclose()
+            raise ProtocolError(BAD_SDP, "the offer's media sections do not fit (one audio, one video)")
 
         session = await make_session(self.return_audio)
-        pc.addTrack(session.video_track)
+        video.sender.replaceTrack(session.video_track)
         if self.return_audio:
             track = session.audio_track
             if track is None:
                 raise RuntimeError("the session has no audio track to send back")
-            pc.addTrack(track)
-        video.setCodecPreferences(_video_preferences(self._config.video_codec))
+            audio.sender.replaceTrack(track)
         session.attach_audio(audio.receiver.track)
 
         try:
@@ -177,9 +183,7 @@ class Peer:
             await pc.setLocalDescription(answer)  # gathers every candidate: a complete answer
         except Exception as exc:
             await self.aclose()
-            raise ProtocolError(
-                BAD_SDP, f"no answer fits the offer ({type(exc).__name__}: {exc})"[:300]
-            ) from None
+            raise ProtocolError(BAD_SDP, f"no answer fits the offer ({type(exc).__name__}: {exc})"[:300]) from None
         self._spawn(_set_initial_bitrate(video.sender, self._config.video_bitrate_bps))
         return pc.localDescription.sdp
 
@@ -194,8 +198,8 @@ class Peer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._closed = True
         pc, self._pc = self._pc, None
         if pc is not None:
-            self._closed_pc = pc
             await pc.close()
         self.failed.set()

@@ -158,11 +158,7 @@ def _static_response(connection: ServerConnection, web_dir: Path, request: Reque
     if path in ("", "/"):
         path = "/index.html"
     relative = Path(path.lstrip("/"))
-    if (
-        any(part in ("..", "") or part.startswith(".") for part in relative.parts)
-        or "\\" in path
-        or "\x00" in path
-    ):
+    if any(part in ("..", "") or part.startswith(".") for part in relative.parts) or "\\" in path or "\x00" in path:
         return connection.respond(404, "Not found\n")
     target = (web_dir / relative).resolve()
     if not target.is_relative_to(web_dir) or not target.is_file():
@@ -218,9 +214,7 @@ class _Client:
             pass
         except Exception:
             log.exception("session %s: internal error", self.id)
-            await self._try_send(
-                m.Error(m.INTERNAL, "The server hit an internal error; this session has ended.")
-            )
+            await self._try_send(m.Error(m.INTERNAL, "The server hit an internal error; this session has ended."))
         finally:
             await self.aclose()
 
@@ -243,9 +237,7 @@ class _Client:
         if token and not hmac.compare_digest((first.token or "").encode(), token.encode()):
             raise m.ProtocolError(m.UNAUTHORIZED, "The access token is missing or wrong.")
         if not self.server._take_slot(self):
-            raise m.ProtocolError(
-                m.BUSY, "The server is busy (all sessions are in use); please try again later."
-            )
+            raise m.ProtocolError(m.BUSY, "The server is busy (all sessions are in use); please try again later.")
         self.portrait = self.server.backend.default_portrait()
         video = self.config.video
         await self.send(

@@ -53,7 +53,10 @@ def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
     if reason is not None:
         pytest.skip(reason)
     SCREENSHOT.unlink(missing_ok=True)
-    script = f"ip link set lo up && exec {sys.executable} tests/browser_check.py --wav {fake_mic_wav} --screenshot {SCREENSHOT} --seconds 6"
+    script = (
+        f"ip link set lo up && exec {sys.executable} tests/browser_check.py"
+        f" --wav {fake_mic_wav} --screenshot {SCREENSHOT} --seconds 6"
+    )
     env = {**os.environ}
     if os.environ.get("TP_FAKE_MEDIA"):
         script += " --fake"
