@@ -91,6 +91,7 @@ class WarpStream(GeneratorStream):
     pivot: np.ndarray  # (2,) neck pivot of head motion, pixels
     rest_gap: float  # inner-lip gap at rest, pixels
     teeth_rgb: np.ndarray  # (3,) in [0, 1]
+    real_teeth: bool  # the portrait shows teeth at rest: reuse them inside the open mouth
     mouth_centre: np.ndarray  # (2,) pixels
     mouth: MouthDriveState
     motion: _Motion
@@ -152,7 +153,7 @@ class WarpAnimator(FrameGenerator):
         body_dy = below_chin * (1.0 - head_mask) * (h - 1 - low[..., 1])
 
         rest_gap = max(0.0, float((landmarks[66] - landmarks[62]) @ g.down))
-        teeth = self._teeth_colour(rgb, landmarks, rest_gap, g.mouth_width)
+        teeth, real_teeth = self._teeth_colour(rgb, landmarks, rest_gap, g.mouth_width)
         rng = np.random.default_rng(seed)
         motion = _Motion(
             rng=rng,
@@ -175,6 +176,7 @@ class WarpAnimator(FrameGenerator):
             pivot=g.chin + 0.35 * g.face_height * g.down,
             rest_gap=rest_gap,
             teeth_rgb=teeth,
+            real_teeth=real_teeth,
             mouth_centre=landmarks[[48, 54, 51, 57]].mean(axis=0),
             mouth=MouthDriveState(),
             motion=motion,
@@ -197,9 +199,11 @@ class WarpAnimator(FrameGenerator):
         return rgb, landmarks
 
     @staticmethod
-    def _teeth_colour(rgb: np.ndarray, lm: np.ndarray, rest_gap: float, mouth_width: float) -> np.ndarray:
-        """Teeth colour: the bright pixels between the lips when the portrait shows teeth, else ivory."""
-        default = np.array([0.86, 0.83, 0.77])
+    def _teeth_colour(
+        rgb: np.ndarray, lm: np.ndarray, rest_gap: float, mouth_width: float
+    ) -> tuple[np.ndarray, bool]:
+        """Teeth colour and whether the portrait shows teeth at rest (bright pixels between the lips)."""
+        default = np.array([0.80, 0.77, 0.71]), False
         if rest_gap < 0.06 * mouth_width:
             return default
         x0, x1 = int(lm[61, 0]), int(lm[63, 0]) + 1
@@ -212,7 +216,7 @@ class WarpAnimator(FrameGenerator):
         colour = np.median(bright, axis=0)
         if colour.mean() < 0.45:  # a dark gap, no teeth to see
             return default
-        return 0.92 * colour
+        return 0.92 * colour, True
 
     def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
         assert isinstance(stream, WarpStream)
@@ -352,6 +356,9 @@ class WarpAnimator(FrameGenerator):
             torch.tensor(np.stack([s.teeth_rgb for s in ss]), **f32),
             origins,
             box,
+            images,
+            torch.stack([s.rig.rest[60:68] for s in ss]),
+            torch.tensor([s.real_teeth for s in ss], **f32),
         )
 
         rgb = (frames.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

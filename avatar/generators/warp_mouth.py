@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _SUBDIV = 4  # spline samples per landmark segment of the inner lip
 
@@ -60,6 +61,31 @@ def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3.0 - 2.0 * x)
 
 
+class _MouthFrame:
+    """A mouth's local frame (origin between the inner corners, u along the mouth, v down the face)
+    and its inner-lip curves in it: upper (uu, vu) and lower (ul, vl), (B, 17) each."""
+
+    def __init__(self, inner: torch.Tensor, cr: torch.Tensor) -> None:
+        left, right = inner[:, 0], inner[:, 4]
+        axis = right - left
+        self.axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        self.normal = torch.stack([-self.axis[:, 1], self.axis[:, 0]], dim=-1)
+        self.origin = 0.5 * (left + right)
+        self.uu, self.vu = self.to_local(cr @ inner[:, [0, 1, 2, 3, 4]])
+        self.ul, self.vl = self.to_local(cr @ inner[:, [0, 7, 6, 5, 4]])
+        self.uu = torch.cummax(self.uu, dim=1).values
+        self.ul = torch.cummax(self.ul, dim=1).values
+        self.u_first = torch.minimum(self.uu[:, :1], self.ul[:, :1])
+        self.span = (torch.maximum(self.uu[:, -1:], self.ul[:, -1:]) - self.u_first).clamp_min(1.0)
+
+    def to_local(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rel = p - self.origin[:, None, :]
+        return (rel * self.axis[:, None, :]).sum(-1), (rel * self.normal[:, None, :]).sum(-1)
+
+    def to_image(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.origin[:, None, :] + u[..., None] * self.axis[:, None, :] + v[..., None] * self.normal[:, None, :]
+
+
 def mouth_boxes(
     centres: np.ndarray, mouth_widths: np.ndarray, width: int, height: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -79,35 +105,29 @@ def paint_mouth(
     teeth_rgb: torch.Tensor,
     box_origins: np.ndarray,
     box_size: tuple[int, int],
+    images: torch.Tensor,
+    rest_inner: torch.Tensor,
+    real_teeth: torch.Tensor,
 ) -> torch.Tensor:
     """Composite the mouth interior into `frames` (B, 3, H, W) float in [0, 1], in place; returns it.
 
     inner: (B, 8, 2) inner-lip points 60..67 at their target positions in output pixels.
     rest_gap: (B,) inner-lip gap at rest (pixels, 62 to 66); the interior fades in as the gap
     grows beyond it. mouth_width: (B,) pixels. teeth_rgb: (B, 3) in [0, 1].
+    images: (B, 3, H, W) the portraits; rest_inner: (B, 8, 2) inner lips at rest; real_teeth: (B,)
+    1 where the portrait shows its teeth at rest: then the teeth band is the portrait's own teeth,
+    carried with the upper lip, instead of a painted one.
     """
     b = frames.shape[0]
     dev, dt = frames.device, frames.dtype
     bw, bh = box_size
     feather = max(0.6, 1.1 * frames.shape[-1] / 512.0)
 
-    # Local mouth frame: origin between the inner corners, u along the mouth, v downwards.
-    left, right_c = inner[:, 0], inner[:, 4]
-    axis = right_c - left
-    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    normal = torch.stack([-axis[:, 1], axis[:, 0]], dim=-1)  # (B, 2), points down the face
-    origin = 0.5 * (left + right_c)
-
-    def to_local(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rel = p - origin[:, None, :]
-        return (rel * axis[:, None, :]).sum(-1), (rel * normal[:, None, :]).sum(-1)
-
     cr = torch.tensor(_CR, dtype=dt, device=dev)
-    upper_pts = cr @ inner[:, [0, 1, 2, 3, 4]]  # (B, 17, 2)
-    lower_pts = cr @ inner[:, [0, 7, 6, 5, 4]]
-    uu, vu = to_local(upper_pts)
-    ul, vl = to_local(lower_pts)
-    uu, ul = torch.cummax(uu, dim=1).values, torch.cummax(ul, dim=1).values
+    frame_now = _MouthFrame(inner, cr)
+    frame_rest = _MouthFrame(rest_inner, cr)
+    to_local = frame_now.to_local
+    uu, vu, ul, vl = frame_now.uu, frame_now.vu, frame_now.ul, frame_now.vl
 
     ys = torch.arange(bh, dtype=dt, device=dev)
     xs = torch.arange(bw, dtype=dt, device=dev)
@@ -139,7 +159,7 @@ def paint_mouth(
 
     # Cavity: dark red-brown, darker toward the corners and under the teeth.
     depth = (d_up / gap.clamp_min(1.0)).clamp(0.0, 1.0)
-    cavity = torch.tensor([0.19, 0.05, 0.06], dtype=dt, device=dev)[None, :, None]
+    cavity = torch.tensor([0.17, 0.045, 0.04], dtype=dt, device=dev)[None, :, None]
     cavity = cavity * ((0.25 + 0.75 * centre.sqrt()) * (0.75 + 0.25 * depth))[:, None, :]
 
     # Tongue: a soft ellipse rising from the lower lip in the middle of the mouth.
@@ -147,16 +167,33 @@ def paint_mouth(
     ry = (0.45 * gap_centre[:, None]).clamp_min(1.0)
     v_base = v_lo + 0.25 * ry
     tongue_e = (u / rx) ** 2 + ((v - v_base) / ry) ** 2
-    tongue_a = _smoothstep((1.0 - tongue_e) / 0.5) * 0.85
-    tongue = torch.tensor([0.55, 0.22, 0.25], dtype=dt, device=dev)[None, :, None]
+    tongue_a = _smoothstep((1.0 - tongue_e) / 0.8) * 0.7
+    tongue = torch.tensor([0.50, 0.17, 0.16], dtype=dt, device=dev)[None, :, None]
     tongue = tongue * ((0.35 + 0.65 * centre) * (0.7 + 0.3 * depth))[:, None, :]
 
     # Upper teeth: a band hanging from the upper lip, its height following the opening.
-    teeth_h = torch.minimum(torch.maximum(0.09 * mw, rest_gap[:, None]), 0.55 * gap)
+    teeth_h = torch.minimum(0.07 * mw, 0.5 * gap)
     teeth_a = ((teeth_h - d_up) / (0.7 * feather) + 0.5).clamp(0.0, 1.0) * (teeth_h > 0.5).to(dt)
-    top_shadow = 0.72 + 0.28 * _smoothstep(d_up / (0.35 * teeth_h.clamp_min(0.5)))
-    teeth_shade = (0.35 + 0.65 * centre.clamp_min(0.0) ** 0.6) * top_shadow
+    top_shadow = 0.6 + 0.4 * _smoothstep(d_up / (0.45 * teeth_h.clamp_min(0.5)))
+    teeth_shade = (0.3 + 0.7 * centre.clamp_min(0.0) ** 0.7) * top_shadow
     teeth = teeth_rgb[:, :, None] * teeth_shade[:, None, :]
+
+    # Or the portrait's own teeth: what lay between its lips at rest, as deep below the upper lip
+    # as it lay then, carried along with the upper lip (no stretch).
+    real = real_teeth.to(dt)[:, None]
+    if bool((real > 0).any()):
+        u_rest = frame_rest.u_first + s * frame_rest.span
+        v_up_rest = _interp_monotone(u_rest, frame_rest.uu, frame_rest.vu)
+        gap_rest = (_interp_monotone(u_rest, frame_rest.ul, frame_rest.vl) - v_up_rest).clamp_min(0.0)
+        src = frame_rest.to_image(u_rest, v_up_rest + d_up.clamp_min(0.0))  # (B, P, 2) pixels
+        h_img, w_img = images.shape[-2:]
+        norm = torch.stack([(2.0 * src[..., 0] + 1.0) / w_img - 1.0, (2.0 * src[..., 1] + 1.0) / h_img - 1.0], -1)
+        own = F.grid_sample(images, norm[:, None], mode="bilinear", padding_mode="border", align_corners=False)
+        own = own[:, :, 0] * (0.55 + 0.45 * centre.clamp_min(0.0) ** 0.5)[:, None, :]  # (B, 3, P)
+        own_h = (gap_rest - 1.0).clamp_min(0.0)
+        own_a = ((own_h - d_up) / (1.5 * feather) + 0.5).clamp(0.0, 1.0)
+        teeth = teeth + (own - teeth) * real[:, None, :]
+        teeth_a = teeth_a + (own_a - teeth_a) * real
 
     colour = cavity + (tongue - cavity) * tongue_a[:, None, :]
     colour = colour + (teeth - colour) * teeth_a[:, None, :]

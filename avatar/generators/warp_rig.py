@@ -127,8 +127,8 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
     # Jaw: chin, lower jaw line and lower lip drop; falls off towards the ears.
     jaw_weights = {3: 0.06, 4: 0.22, 5: 0.48, 6: 0.74, 7: 0.92, 8: 1.0, 9: 0.92, 10: 0.74, 11: 0.48,
                    12: 0.22, 13: 0.06}
-    lower_lip = {55: 0.6, 56: 0.92, 57: 1.0, 58: 0.92, 59: 0.6, 65: 0.88, 66: 1.0, 67: 0.88}
-    corners = {48: 0.38, 54: 0.38, 60: 0.4, 64: 0.4}
+    lower_lip = {55: 0.62, 56: 0.93, 57: 1.0, 58: 0.93, 59: 0.62, 65: 0.9, 66: 1.0, 67: 0.9}
+    corners = {48: 0.3, 54: 0.3, 60: 0.32, 64: 0.32}
     upper_lip = {49: -0.04, 50: -0.08, 51: -0.09, 52: -0.08, 53: -0.04, 61: -0.08, 62: -0.09, 63: -0.08}
     for table in (jaw_weights, lower_lip, corners, upper_lip):
         for i, w in table.items():
@@ -153,6 +153,8 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
                        (61, -1, 0.08), (67, -1, 0.08), (63, 1, 0.08), (65, 1, 0.08),
                        (50, -1, 0.03), (58, -1, 0.03), (52, 1, 0.03), (56, 1, 0.03)):
         bases[BASIS_ROUND, i] -= side * w * mw * right
+    for i in (48, 54, 60, 64):  # the corners drop out of a smile into a round "o"
+        bases[BASIS_ROUND, i] += 0.07 * mw * down
     for i in (50, 51, 52):
         bases[BASIS_ROUND, i] -= 0.035 * mw * down
     for i in (56, 57, 58):
