@@ -62,7 +62,7 @@ def install_host_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
     with _LOCK:
         previous = _installed
         if wanted != previous:
-            aioice.ice.get_host_addresses = _restricted(wanted) if wanted else _ORIGINAL
+            aioice.ice.get_host_addresses = _restricted(wanted) if wanted else _ORIGINAL  # type: ignore[assignment]
             _installed = wanted
     return previous
 

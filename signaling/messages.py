@@ -11,6 +11,7 @@ required keys, unknown types and oversized values are errors.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -115,6 +116,7 @@ class Stats:
     frames: int
     speaking: bool
     latency_ms: float | None = None
+    extra: Mapping[str, int | float | bool] = field(default_factory=dict)  # more counters, sent as they are
     type: str = field(default="stats", init=False)
 
 
@@ -225,6 +227,9 @@ def to_dict(message: ServerMessage | ClientMessage) -> dict[str, Any]:
         out.update(fps=round(float(message.fps), 2), frames=int(message.frames), speaking=bool(message.speaking))
         if message.latency_ms is not None:
             out["latency_ms"] = round(float(message.latency_ms), 1)
+        for key, value in message.extra.items():
+            if key not in out and isinstance(value, int | float | bool):
+                out[key] = value
     elif isinstance(message, Error):
         out.update(code=message.code, message=message.message)
     elif isinstance(message, Hello):

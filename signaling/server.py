@@ -27,6 +27,7 @@ import logging
 import mimetypes
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,7 @@ class AvatarBackend:
         self._engine: Any = None
         self._default: Portrait | None = None
         self.portrait_names: list[str] = []
+        self._detect_lock = threading.Lock()
 
     async def start(self) -> None:
         from avatar.engine import InferenceEngine
@@ -128,12 +130,16 @@ class AvatarBackend:
     def builtin_portrait(self, name: str) -> Portrait:
         from avatar.portrait import load_builtin_portrait
 
-        return load_builtin_portrait(name, self._config.portrait, self._config.video)
+        with self._detect_lock:
+            return load_builtin_portrait(name, self._config.portrait, self._config.video)
 
     def uploaded_portrait(self, data: bytes) -> Portrait:
         from avatar.portrait import load_portrait
 
-        return load_portrait(data, self._config.portrait, self._config.video, name="upload")
+        # One face detection at a time: dlib's shared detector is not documented thread-safe, and
+        # a burst of uploads must not starve the inference worker of CPU.
+        with self._detect_lock:
+            return load_portrait(data, self._config.portrait, self._config.video, name="upload")
 
     def new_session(self, portrait: Portrait, session_id: str, return_audio: bool) -> LiveSession:
         from avatar.session import AvatarSession
@@ -325,6 +331,7 @@ class _Client:
                     frames=int(s.get("frames", 0)),
                     speaking=bool(s.get("speaking", False)),
                     latency_ms=s.get("latency_ms"),
+                    extra={k: v for k, v in s.items() if isinstance(v, int | float | bool)},
                 )
             )
 

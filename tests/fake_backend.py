@@ -105,7 +105,7 @@ class FakeSession:
         try:
             while True:
                 frame = await track.recv()
-                samples = frame.to_ndarray()
+                samples = frame.to_ndarray()  # type: ignore[union-attr]
                 self.level = float(np.sqrt(np.mean((samples.astype(np.float32) / 32768) ** 2)))
                 if self._audio_out is not None and samples.shape == (1, 1920):
                     with contextlib.suppress(asyncio.QueueFull):

@@ -58,6 +58,10 @@ def test_binary_frame_is_an_upload() -> None:
             {"type": "stats", "fps": 24.99, "frames": 100, "speaking": True, "latency_ms": 91.2},
         ),
         (m.Stats(fps=25, frames=0, speaking=False), {"type": "stats", "fps": 25.0, "frames": 0, "speaking": False}),
+        (
+            m.Stats(fps=25, frames=3, speaking=False, extra={"stalls": 2, "fps": 1.0, "late": 0.5}),
+            {"type": "stats", "fps": 25.0, "frames": 3, "speaking": False, "stalls": 2, "late": 0.5},
+        ),
         (m.Error(m.BUSY, "full"), {"type": "error", "code": "busy", "message": "full"}),
     ],
 )

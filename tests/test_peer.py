@@ -60,7 +60,7 @@ async def test_answer_prefers_codec_and_owns_the_jitter_buffer(codec: str, prefe
             candidates = [line for line in answer.splitlines() if line.startswith("a=candidate")]
             assert candidates and all(" 127.0.0.1 " in line for line in candidates)
             audio = next(t for t in peer._pc.getTransceivers() if t.kind == "audio")  # type: ignore[union-attr]
-            assert audio.receiver._RTCRtpReceiver__jitter_buffer._prefetch == prefetch
+            assert getattr(audio.receiver, "_RTCRtpReceiver__jitter_buffer")._prefetch == prefetch  # noqa: B009
             await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         finally:
             await peer.aclose()

@@ -464,7 +464,10 @@ def _serve_from_the_command_line(tmp_path: Path) -> None:
                 break
             if "http://" in line:
                 url = line[line.index("http://") :].split()[0]
-        assert url and url.startswith("http://127.0.0.1:"), (url, proc.stderr.read() if proc.poll() is not None else "")
+        assert url and url.startswith("http://127.0.0.1:"), (
+            url,
+            proc.stderr.read() if proc.stderr and proc.poll() is not None else "",
+        )
         import urllib.request
 
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -475,3 +478,24 @@ def _serve_from_the_command_line(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+async def test_shutdown_drains_open_sessions() -> None:
+    config = with_overrides(server_config(), server={"token": "", "drain_timeout_s": 3.0})
+    srv = SignalingServer(config, backend=_backend(config))
+    await srv.start()
+    try:
+        async with Client(srv.url) as client:
+            assert (await client.hello())["type"] == "welcome"  # no token needed here
+            await client.offer(None)
+            await asyncio.sleep(0.5)
+            assert srv.active_sessions == 1
+            started = time.monotonic()
+            await srv.aclose()
+            assert time.monotonic() - started < 3.0
+            assert await client.closed(2.0)
+            assert client.ws is not None and client.ws.close_code == 1001  # going away
+            assert srv.active_sessions == 0 and srv.clients == 0
+    finally:
+        await srv.aclose()  # idempotent

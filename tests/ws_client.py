@@ -99,14 +99,13 @@ class Client:
         await self.send({"type": "hello", **({"token": token} if token is not None else {})})
         return await self.recv()
 
-    async def offer(
-        self, wav: Path | None = None, *, return_audio: bool = True, keep_every: int = 1
-    ) -> dict[str, Any]:
+    async def offer(self, wav: Path | None = None, *, return_audio: bool = True, keep_every: int = 1) -> dict[str, Any]:
         """Make a complete offer (mic from `wav`, or silence), send it, apply the answer."""
         self.pc = pc = RTCPeerConnection()
         if wav is not None:
             self.player = MediaPlayer(str(wav))
-            track: MediaStreamTrack | str = self.player.audio
+            assert self.player.audio is not None
+            track: MediaStreamTrack = self.player.audio
         else:
             from aiortc.mediastreams import AudioStreamTrack
 
@@ -135,7 +134,7 @@ class Client:
                 now = time.monotonic() - self._t0
                 self.received.video_times.append(now)
                 if n % keep_every == 0:
-                    self.received.video_frames.append(frame.to_ndarray(format="rgb24"))
+                    self.received.video_frames.append(frame.to_ndarray(format="rgb24"))  # type: ignore[union-attr]
                     self.received.video_frame_times.append(now)
                 n += 1
 
@@ -143,6 +142,6 @@ class Client:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
-                samples = frame.to_ndarray().astype(np.float32) / 32768.0
+                samples = frame.to_ndarray().astype(np.float32) / 32768.0  # type: ignore[union-attr]
                 self.received.audio_times.append(time.monotonic() - self._t0)
                 self.received.audio_rms.append(float(np.sqrt(np.mean(samples**2))))
