@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -152,6 +153,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start = driver.find_element(By.ID, "start")
         if not wait_for(lambda: start.is_enabled(), 20):
             raise RuntimeError("the Start button never became enabled (no welcome?)")
+        # An upload without a face is refused with a message a person understands.
+        no_face = profile.parent / f"{profile.name}-gray.png"
+        Image.fromarray(np.full((240, 240, 3), 140, np.uint8)).save(no_face)
+        driver.find_element(By.ID, "file").send_keys(str(no_face))
+        banner = driver.find_element(By.ID, "error-text")
+        result["no_face_error"] = wait_for(lambda: banner.text, 20)
+        no_face.unlink()
         # Choose the built-in portrait explicitly: its reply carries the face box.
         driver.execute_script(
             "window.__portrait = null; const ws = window.portraitApp.ws;"
@@ -223,6 +231,11 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--fake", action="store_true", help="use the test stand-in of the media path")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "websockets", "selenium", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = run(args)
     except Exception as exc:  # report, do not hide: the test prints it

@@ -69,6 +69,8 @@ def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "traceback"}))
     assert "error" not in result, result.get("traceback") or result["error"] + "\n" + proc.stderr[-4000:]
 
+    # An upload without a face got a readable refusal.
+    assert "face" in (result["no_face_error"] or "").lower(), result["no_face_error"]
     # WebRTC stayed on loopback and the connection came up.
     assert result["remote_candidates"] == ["127.0.0.1"]
     assert result["connection_state"] == "connected"

@@ -57,8 +57,10 @@
     return `${scheme}//${location.host}/ws`;
   }
 
+  // A message object goes as JSON text; an ArrayBuffer (an uploaded image) as one binary frame.
   function send(obj) {
-    if (app.ws && app.ws.readyState === WebSocket.OPEN) app.ws.send(typeof obj === "string" ? obj : JSON.stringify(obj));
+    if (!app.ws || app.ws.readyState !== WebSocket.OPEN) return;
+    app.ws.send(obj instanceof ArrayBuffer ? obj : JSON.stringify(obj));
   }
 
   function connect() {
