@@ -499,3 +499,35 @@ async def test_shutdown_drains_open_sessions() -> None:
             assert srv.active_sessions == 0 and srv.clients == 0
     finally:
         await srv.aclose()  # idempotent
+
+
+@pytest.mark.slow
+async def test_peer_closing_ends_the_session_and_the_socket(server: SignalingServer) -> None:
+    async with Client(server.url) as client:
+        await client.hello(TOKEN)
+        await client.offer(None)
+        await asyncio.sleep(0.8)
+        assert client.pc is not None and len(client.received.video_times) > 5
+        await client.pc.close()  # the media connection goes; the socket stays open on our side
+        assert await client.closed(10.0), "the server must close the socket when the peer is gone"
+    await _settle(server)
+    assert server.active_sessions == 0
+
+
+async def test_internal_error_ends_only_that_session(server: SignalingServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(server.backend, "new_session", boom)
+    async with Client(server.url) as client:
+        await client.hello(TOKEN)
+        reply = await client.offer(None)
+        assert (reply["type"], reply.get("code")) == ("error", "internal"), reply
+        assert await client.closed(5.0)
+    monkeypatch.undo()
+    async with Client(server.url) as other:
+        assert (await other.hello(TOKEN))["type"] == "welcome"
+        answer = await other.offer(None)
+        assert answer["type"] == "answer"
+    await _settle(server)
+    assert server.active_sessions == 0
