@@ -30,7 +30,9 @@ from avatar.portrait import Portrait, load_builtin_portrait
 from avatar.train.dataset import cut_windows
 from avatar.windows import AudioWindow
 
-TINY = TganConfig(height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32)
+TINY = TganConfig(
+    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32
+)
 WINDOWS = WindowConfig()
 VIDEO = VideoConfig(width_px=256, height_px=256)
 FPS = 25
