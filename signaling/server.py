@@ -9,6 +9,8 @@ object with `start()` / `aclose()` / `url`, for tests and embedding.
 Per client (DESIGN.md section 3): hello (token check -> unauthorized; session cap -> busy) ->
 welcome; any number of portrait choices (by name or one binary frame; a bad one -> bad_portrait and
 the previous portrait stays); one offer -> answer; stats about every server.stats_interval_s; bye.
+A session holds one of the server.max_sessions slots from its offer on: a page that is open but not
+started holds none, and its offer gets busy if the slots filled up meanwhile.
 Every other protocol error (bad JSON, unknown type, oversized message, a second hello or offer, bad
 SDP) answers its error code and ends that session only; an unexpected exception answers `internal`
 and ends that session only. Closing the socket ends the session; the session ending (the peer
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 HELLO_TIMEOUT_S = 15.0
+BUSY_TEXT = "The server is busy (all sessions are in use); please try again later."
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -242,8 +245,8 @@ class _Client:
         token = self.config.server.token
         if token and not hmac.compare_digest((first.token or "").encode(), token.encode()):
             raise m.ProtocolError(m.UNAUTHORIZED, "The access token is missing or wrong.")
-        if not self.server._take_slot(self):
-            raise m.ProtocolError(m.BUSY, "The server is busy (all sessions are in use); please try again later.")
+        if not self.server._has_room(self):
+            raise m.ProtocolError(m.BUSY, BUSY_TEXT)
         self.portrait = self.server.backend.default_portrait()
         video = self.config.video
         await self.send(
@@ -297,6 +300,8 @@ class _Client:
         )
 
     async def _answer(self, offer: m.Offer) -> None:
+        if not self.server._take_slot(self):
+            raise m.ProtocolError(m.BUSY, BUSY_TEXT)
         self.peer = Peer(self.config.webrtc, self.id)
 
         async def make_session(return_audio: bool) -> MediaSession:
@@ -401,7 +406,13 @@ class SignalingServer:
         self._ice: contextlib.ExitStack | None = None
         self._closed = False
 
-    # Slots: one per welcomed client, at most server.max_sessions.
+    # Slots: one per client with a live session (from its offer on), at most server.max_sessions.
+    # A hello is refused when every slot is taken (early "busy"), or when too many clients are
+    # connected at all; a client that waits without starting holds no slot.
+    def _has_room(self, client: _Client) -> bool:
+        max_sessions = self.config.server.max_sessions
+        return not self._closed and len(self._slots) < max_sessions and len(self._clients) <= 4 * max_sessions + 16
+
     def _take_slot(self, client: _Client) -> bool:
         if len(self._slots) >= self.config.server.max_sessions or self._closed:
             return False

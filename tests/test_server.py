@@ -380,22 +380,36 @@ async def test_bad_portraits_keep_the_session(server: SignalingServer) -> None:
 
 
 async def test_session_cap(server: SignalingServer) -> None:
+    waiting = await _welcomed(server)  # open but not started: holds no slot
     clients = [await _welcomed(server) for _ in range(3)]
     try:
+        for client in clients:
+            assert (await client.offer(None))["type"] == "answer"
         assert server.active_sessions == 3
-        async with Client(server.url) as extra:
+        async with Client(server.url) as extra:  # all slots taken: refused at hello
             await extra.send({"type": "hello", "token": TOKEN})
             await _expect_error(extra, "busy")
             assert await extra.closed(5.0)
+        reply = await waiting.offer(None)  # welcomed earlier, but the slots filled up meanwhile
+        assert (reply["type"], reply.get("code")) == ("error", "busy"), reply
+        assert await waiting.closed(5.0)
         await clients.pop().close()
-        await asyncio.sleep(0.2)
+        await _settle_to(server, 2)
         again = await _welcomed(server)
         clients.append(again)
+        assert (await again.offer(None))["type"] == "answer"
     finally:
+        await waiting.close()
         for client in clients:
             await client.close()
     await _settle(server)
     assert server.active_sessions == 0
+
+
+async def _settle_to(srv: SignalingServer, sessions: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while srv.active_sessions > sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -101,11 +101,12 @@
     });
   }
 
-  async function reconnect() {
+  // A fresh session (after Stop, or after the connection was lost: then the error goes away).
+  async function reconnect(afterLoss = true) {
     if (app.ws) return;
     setState("Connecting…");
     if (await connect()) {
-      clearError();
+      if (afterLoss) clearError();
       await reapplyPortrait();
     }
   }
@@ -229,7 +230,7 @@
 
   async function start() {
     clearError();
-    if (!app.ws) await reconnect();
+    if (!app.ws) await reconnect(false);
     if (!app.ws) return;
     ui.start.disabled = true;
     setState("Asking for the microphone…");
@@ -330,7 +331,7 @@
       if (old) old.close();
     }
     setState("Stopped");
-    await reconnect();
+    await reconnect(false);
   }
 
   ui.start.addEventListener("click", start);
