@@ -15,19 +15,29 @@ choose is the delay `delay_s` between the arrival of audio and its playing out:
 
     delay_s = lookahead_s          (window k cannot be cut before its lookahead has arrived)
             + generation_budget_s  (queueing and one batched step on the engine)
-            + margin_s             (the phase of 20 ms packets against frame times, network jitter)
+            + margin_s             (the wait of a window for the 20 ms packet that completes it,
+                                    computed from fps and lookahead, plus 10 ms of jitter)
 
-With the defaults (40 ms lookahead, 25 fps) that is 40 + 25 + 20 = 85 ms. It is the smallest
-delay at which every frame is ready on time; a larger one only adds latency, a smaller one makes the
-video repeat frames. The generation budget starts at `generation_budget_s` (a constructor argument,
-default 25 ms) and grows when frames complete after their time (twice within the last 50 frames):
-the session then re-anchors with the larger delay. It never shrinks within a session.
+With the defaults (25 fps, 40 ms lookahead: windows end on packet boundaries) that is
+40 + 25 + 10 = 75 ms. It is the smallest delay at which every frame is ready on time; a larger one
+only adds latency, a smaller one makes the video repeat frames. The mouth itself can be earlier
+than the voice by up to the lookahead, when the generator reacts to what its lookahead hears (as
+lips move before the sound comes). The generation budget starts at `generation_budget_s` (a
+constructor argument, default 25 ms) and grows when frames complete after their time (twice within
+the last 50 frames, by the lateness seen, at least half a frame, at most to 500 ms): the session then
+re-anchors with the larger delay. It never shrinks within a session.
 
 The offset is set when the first audio arrives (`offset_s = now - u_end + delay_s`, so the packet
-that just ended at `u_end` plays `delay_s` from now) and is re-anchored the same way when an
-arriving packet finds itself too late (headroom under `lookahead + budget / 2`: a network stall)
-or too early (more than 1.5 frames past the delay: a burst after a stall). Re-anchoring costs a
-short audio gap or skip and one repeated or skipped frame; it is counted in `stats()`.
+that just ended at `u_end` plays `delay_s` from now). Each packet's headroom (how long before its
+playing time it arrives) is checked: under `lookahead + budget / 2` (a network stall, a late
+packet) the timeline re-anchors at once, a short audio gap and a repeated frame; when every packet
+of the last second had more than the delay (the first packet was late, a burst after a stall) and
+the voice is quiet, the timeline is trimmed earlier by the excess, skipping silence, so latency
+settles at the delay after the latest packet. Both are counted in `stats()` (reanchors, trims).
+
+The 16 kHz resampler holds back a few samples; the windower gets that many leading zeros once, so
+window ends fall on the same packet boundaries as the 48 kHz voice (else each window would wait
+one packet more).
 
 What the video shows
 --------------------
@@ -71,6 +81,20 @@ logger = logging.getLogger(__name__)
 
 _RATIO = AUDIO_RATE_HZ // SAMPLE_RATE_HZ  # 48 kHz samples per 16 kHz sample
 _FILL_CHUNK_S = 0.02
+_MAX_BUDGET_S = 0.5  # a generator slower than this per frame cannot be live anyway
+_TRIM_WINDOW_S = 1.0  # headroom is judged over this much recent audio
+_JITTER_MARGIN_S = 0.01
+
+
+def packet_phase_s(config: AppConfig, packet_s: float = 0.02) -> float:
+    """The longest a window waits, after its last sample, for the 20 ms packet that completes it."""
+    fps, lookahead = config.video.fps, config.windows.lookahead_samples
+    packet = round(packet_s * SAMPLE_RATE_HZ)
+    worst = 0
+    for k in range(fps):  # the pattern repeats every second
+        end = (2 * k * SAMPLE_RATE_HZ + fps) // (2 * fps) + lookahead
+        worst = max(worst, -end % packet)
+    return worst / SAMPLE_RATE_HZ
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -94,7 +118,7 @@ class AvatarSession:
         clock: Clock | None = None,
         seed: int | None = None,
         generation_budget_s: float = 0.025,
-        margin_s: float = 0.02,
+        margin_s: float | None = None,
         gap_s: float = 0.25,
         normalizer: AudioNormalizer | None = None,
         windower: AudioWindower | None = None,
@@ -110,7 +134,7 @@ class AvatarSession:
         self.fps = config.video.fps
         self.lookahead_s = config.windows.lookahead_s
         self.generation_budget_s = generation_budget_s
-        self.margin_s = margin_s
+        self.margin_s = margin_s if margin_s is not None else packet_phase_s(config) + _JITTER_MARGIN_S
         self.gap_s = gap_s
         self._normalizer = normalizer
         self._windower = windower
@@ -135,6 +159,9 @@ class AvatarSession:
         self._input_ended = False
         self._speaking = False
         self._headroom_s: float | None = None  # smoothed (u_end + offset - arrival)
+        self._headrooms = collections.deque[tuple[float, float]]()  # (arrival, headroom), last second
+        self._anchored_at = 0.0
+        self._primed = False
         self._reanchor_wanted = False
         self._late_history = collections.deque[bool](maxlen=50)
         self._counters = collections.Counter[str]()
@@ -258,6 +285,14 @@ class AvatarSession:
         samples48 = self._to_48k_mono(frame)
         assert self._normalizer is not None
         pcm16 = self._normalizer.push_frame(frame)
+        if not self._primed and pcm16.size:
+            # The 16 kHz resampler holds back a few samples (its filter delay), so the windower
+            # would see every window end just after the packet that completes it and wait a whole
+            # packet more. Leading zeros of that length keep both timelines on the same samples.
+            self._primed = True
+            deficit = round((self._pos48 + samples48.size) / _RATIO) - pcm16.size
+            if 0 < deficit < SAMPLE_RATE_HZ // 100:
+                pcm16 = np.concatenate([np.zeros(deficit, np.int16), pcm16])
         if samples48.size:
             u_end = (self._pos48 + samples48.size) / AUDIO_RATE_HZ
             self._place(now, u_end)
@@ -269,22 +304,39 @@ class AvatarSession:
         self._feed_windows(pcm16)
 
     def _place(self, now: float, u_end: float) -> None:
-        """Anchor the timeline at the first packet; re-anchor when packets come too late or early."""
+        """Anchor the timeline at the first packet; re-anchor when packets come late; trim in silence.
+
+        Headroom is how long before its playing time a packet arrives (`u_end + offset - now`); the
+        delay is its target. A packet with less than `lookahead + budget / 2` re-anchors at once
+        (frames would be late). When every packet of the last second had more than the delay plus
+        5 ms (the first packet came late, or the network got faster) and the voice is quiet, the
+        timeline moves earlier by the excess, skipping silence: latency does not stay high.
+        """
         offset = self.timeline.offset_s
-        if offset is not None:
+        if offset is not None and not self._reanchor_wanted:
             headroom = u_end + offset - now
             self._headroom_s = headroom if self._headroom_s is None else 0.9 * self._headroom_s + 0.1 * headroom
-            too_late = headroom < self.lookahead_s + self.generation_budget_s / 2
-            too_early = headroom > self.delay_s + 1.5 / self.fps
-            if not (too_late or too_early or self._reanchor_wanted):
+            self._headrooms.append((now, headroom))
+            while self._headrooms and self._headrooms[0][0] < now - _TRIM_WINDOW_S:
+                self._headrooms.popleft()
+            if headroom >= self.lookahead_s + self.generation_budget_s / 2:
+                excess = min(h for _, h in self._headrooms) - self.delay_s
+                if excess > 0.005 and now - self._anchored_at >= _TRIM_WINDOW_S and not self._speaking:
+                    self._counters["trims"] += 1
+                    self._anchor(now, offset - excess)
                 return
             self._counters["reanchors"] += 1
-            self.log.info(
-                "re-anchoring: headroom %.0f ms, delay %.0f ms", headroom * 1000, self.delay_s * 1000
-            )
+            self.log.info("late audio: headroom %.0f ms, delay %.0f ms", headroom * 1000, self.delay_s * 1000)
+        elif offset is not None:
+            self._counters["reanchors"] += 1
         self._reanchor_wanted = False
-        self.timeline.anchor(now - u_end + self.delay_s)
-        self._headroom_s = self.delay_s
+        self._anchor(now, now - u_end + self.delay_s)
+
+    def _anchor(self, now: float, offset: float) -> None:
+        self.timeline.anchor(offset)
+        self._anchored_at = now
+        self._headrooms.clear()
+        self._headroom_s = None
 
     def _feed_windows(self, pcm16: np.ndarray) -> None:
         assert self._windower is not None
@@ -324,12 +376,13 @@ class AvatarSession:
         self._speaking = window.speaking
         self._counters["generated"] += 1
         due = self.timeline.frame_time(window.frame_index)
-        late = due is not None and self.clock.now_s() > due
-        self._late_history.append(late)
-        if late:
+        late_by = self.clock.now_s() - due if due is not None else 0.0
+        self._late_history.append(late_by > 0)
+        if late_by > 0:
             self._counters["late"] += 1
-            if sum(self._late_history) >= 2 and self.generation_budget_s < 0.5:
-                self.generation_budget_s = min(0.5, self.generation_budget_s + 0.5 / self.fps)
+            if sum(self._late_history) >= 2 and self.generation_budget_s < _MAX_BUDGET_S:
+                step = max(late_by, 0.5 / self.fps)
+                self.generation_budget_s = min(_MAX_BUDGET_S, self.generation_budget_s + step)
                 self._late_history.clear()
                 self._reanchor_wanted = True
                 self.log.info("frames late: generation budget now %.0f ms", self.generation_budget_s * 1000)
@@ -382,6 +435,7 @@ class AvatarSession:
             "dropped_windows": self._counters["dropped"],
             "skipped_windows": self._counters["skipped"],
             "reanchors": self._counters["reanchors"],
+            "trims": self._counters["trims"],
             "audio_frames_in": self._counters["audio_frames"],
             "filled_frames": self._counters["filled_frames"],
             "input_ended": self._input_ended,
