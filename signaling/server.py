@@ -319,9 +319,21 @@ class _Client:
         self._spawn(self._watch_end())
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(self._guarded(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coro: Any) -> None:
+        """Run a helper task; a failure in it ends this session (internal), never the server."""
+        try:
+            await coro
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("session %s: internal error in a helper task", self.id)
+            await self._try_send(m.Error(m.INTERNAL, "The server hit an internal error; this session has ended."))
+            with contextlib.suppress(Exception):
+                await self.ws.close(1011, "internal error")
 
     async def _send_stats(self) -> None:
         interval = self.config.server.stats_interval_s
