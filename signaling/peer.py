@@ -9,10 +9,16 @@ raised. Candidates are gathered completely before the answer is returned (no tri
 Audio jitter buffer: aiortc 1.16 builds ``JitterBuffer(capacity=16, prefetch=4)`` for every audio
 receiver (``RTCRtpReceiver.__init__``), which holds 4 packets (80 ms) before the first one plays,
 a delay added to every mouth movement. aiortc has no setting for it, so `set_audio_jitter_prefetch`
-swaps the receiver's buffer for one with ``webrtc.audio_jitter_prefetch`` right after the remote
-description is set, before any packet can arrive (packets flow only after the answer). It is the one
-place in the project that touches that private attribute; it checks the attribute is what it
-expects and fails loudly otherwise (aiortc is pinned below 1.17).
+swaps the receiver's buffer for one with ``webrtc.audio_jitter_prefetch`` when the transceiver is
+made, before the offer is applied and long before any packet can arrive. It is the one place in the
+project that touches that private attribute; it checks the attribute is what it expects and fails
+loudly otherwise (aiortc is pinned below 1.17).
+
+With prefetch 0 the receiver gets a `PromptAudioJitterBuffer`: aiortc's buffer only knows a frame is
+complete when the next packet arrives, so even its prefetch 0 holds one packet (20 ms); an audio RTP
+packet is a whole frame, so this one releases each packet as it arrives. After a lost packet it
+waits for at most `max_hole` later packets before skipping the hole, where aiortc's waits until its
+16 slots overflow and then keeps the extra delay (aiortc issue 543).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.sdp import SessionDescription
 
 from avatar.config import WebRtcConfig
@@ -50,18 +56,54 @@ class MediaSession(Protocol):
     def attach_audio(self, track: MediaStreamTrack) -> None: ...
 
 
+class PromptAudioJitterBuffer(JitterBuffer):
+    """An audio jitter buffer that holds nothing: each packet (a whole Opus frame) goes out on arrival.
+
+    In order: released at once. A hole (a late or lost packet): the packets behind it wait until
+    `max_hole` + 1 of them are there, then the hole is skipped (the decoder conceals it); a packet
+    that arrives after its hole was skipped is dropped by aiortc's own misorder check.
+    """
+
+    def __init__(self, capacity: int = _AUDIO_JITTER_CAPACITY, max_hole: int = 2) -> None:
+        super().__init__(capacity=capacity, prefetch=0, is_video=False)
+        self.max_hole = max_hole
+        self.skipped = 0  # packets given up as lost
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None
+        first: int | None = None
+        present = 0
+        for count in range(self.capacity):
+            if self._packets[(self._origin + count) % self.capacity] is not None:
+                first = count if first is None else first
+                present += 1
+        if first is None:
+            return None
+        if first > 0:
+            if present <= self.max_hole:
+                return None  # maybe only late: wait a little
+            self.remove(first)
+            self.skipped += first
+        packet = self._packets[self._origin % self.capacity]
+        assert packet is not None
+        self.remove(1)
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
 def set_audio_jitter_prefetch(receiver: RTCRtpReceiver, prefetch: int) -> None:
     """Give an audio receiver a jitter buffer that holds `prefetch` packets before playing.
 
-    Must run before the receiver gets its first packet. prefetch 0 and 1 behave alike: a packet is
-    released when the next one arrives (that is how aiortc's buffer knows a frame is complete).
+    Must run before the receiver gets its first packet. 0 gives a `PromptAudioJitterBuffer`;
+    1..8 give aiortc's buffer with that prefetch (it holds prefetch packets, at least one).
     """
     current = getattr(receiver, _JITTER_ATTR, None)
     if not isinstance(current, JitterBuffer):
         raise RuntimeError("aiortc's RTCRtpReceiver changed: cannot set the audio jitter buffer")
-    if current._prefetch == prefetch:
-        return
-    setattr(receiver, _JITTER_ATTR, JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=prefetch))
+    if prefetch == 0:
+        buffer: JitterBuffer = PromptAudioJitterBuffer()
+    else:
+        buffer = JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=prefetch)
+    setattr(receiver, _JITTER_ATTR, buffer)
 
 
 async def _set_initial_bitrate(sender: RTCRtpSender, bitrate_bps: int) -> None:

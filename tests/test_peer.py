@@ -6,12 +6,13 @@ import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from aiortc.rtp import RtpPacket
 
 from avatar.config import WebRtcConfig
 from avatar.errors import ConfigError
 from signaling.ice import host_addresses, install_host_addresses, installed_host_addresses, rtc_configuration
 from signaling.messages import ProtocolError
-from signaling.peer import Peer
+from signaling.peer import Peer, PromptAudioJitterBuffer
 
 
 class SessionDouble:
@@ -60,7 +61,9 @@ async def test_answer_prefers_codec_and_owns_the_jitter_buffer(codec: str, prefe
             candidates = [line for line in answer.splitlines() if line.startswith("a=candidate")]
             assert candidates and all(" 127.0.0.1 " in line for line in candidates)
             audio = next(t for t in peer._pc.getTransceivers() if t.kind == "audio")  # type: ignore[union-attr]
-            assert getattr(audio.receiver, "_RTCRtpReceiver__jitter_buffer")._prefetch == prefetch  # noqa: B009
+            buffer = getattr(audio.receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009
+            assert buffer._prefetch == prefetch
+            assert isinstance(buffer, PromptAudioJitterBuffer) == (prefetch == 0)
             await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         finally:
             await peer.aclose()
@@ -143,3 +146,40 @@ def test_rtc_configuration() -> None:
     stun, turn = config.iceServers or []
     assert stun.urls == ["stun:a.example:3478"]
     assert (turn.urls, turn.username, turn.credential) == (["turn:b.example:3478"], "u", "p")
+
+
+def _packet(seq: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq % 65536, timestamp=(seq * 960) % 2**32)
+    packet._data = seq.to_bytes(4, "big")  # type: ignore[attr-defined]
+    return packet
+
+
+def _feed(buffer: PromptAudioJitterBuffer, seqs: list[int]) -> list[int | None]:
+    out: list[int | None] = []
+    for seq in seqs:
+        _, frame = buffer.add(_packet(seq))
+        out.append(None if frame is None else int.from_bytes(frame.data, "big"))
+    return out
+
+
+def test_prompt_audio_jitter_buffer_releases_on_arrival() -> None:
+    buffer = PromptAudioJitterBuffer()
+    start = 65530  # across the 16-bit wrap
+    assert _feed(buffer, list(range(start, start + 12))) == list(range(start, start + 12))
+
+
+def test_prompt_audio_jitter_buffer_waits_briefly_for_a_late_packet() -> None:
+    buffer = PromptAudioJitterBuffer(max_hole=2)
+    assert _feed(buffer, [10, 11]) == [10, 11]
+    assert _feed(buffer, [13, 12]) == [None, 12]  # 12 late by one packet: nothing lost
+    assert _feed(buffer, [14]) == [13]  # one packet behind now, catching up on the next hole
+    assert buffer.skipped == 0
+
+
+def test_prompt_audio_jitter_buffer_skips_a_lost_packet() -> None:
+    buffer = PromptAudioJitterBuffer(max_hole=2)
+    assert _feed(buffer, [1, 2]) == [1, 2]
+    assert _feed(buffer, [4, 5, 6]) == [None, None, 4]  # 3 lost: skipped once 3 packets wait
+    assert buffer.skipped == 1
+    assert _feed(buffer, [3]) == [None]  # too late: dropped
+    assert _feed(buffer, [7]) == [5]
