@@ -99,6 +99,27 @@ class WarpStream(GeneratorStream):
     last_drive: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Batch:
+    """Constant per-portrait tensors of the streams of one step, stacked along the batch."""
+
+    streams: tuple[WarpStream, ...]
+    rest: torch.Tensor  # (B, N, 2)
+    bases: torch.Tensor  # (B, K, N, 2)
+    roi_origin: torch.Tensor  # (B, 2)
+    fade: torch.Tensor  # (B, G, 1)
+    head_mask: torch.Tensor  # (B, h, w, 1)
+    body_dy: torch.Tensor  # (B, h, w)
+    images: torch.Tensor  # (B, 3, H, W)
+    rest_inner: torch.Tensor  # (B, 8, 2)
+    rest_gap: torch.Tensor  # (B,)
+    mouth_width: torch.Tensor  # (B,)
+    teeth_rgb: torch.Tensor  # (B, 3)
+    real_teeth: torch.Tensor  # (B,)
+    box_origins: np.ndarray  # (B, 2) int
+    box_size: tuple[int, int]
+
+
 def _smoothstep_np(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
@@ -132,6 +153,7 @@ class WarpAnimator(FrameGenerator):
         xs = (2.0 * torch.arange(self.width_px, **f32) + 1.0) / self.width_px - 1.0
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         self._identity = torch.stack([gx, gy], dim=-1)  # (H, W, 2), normalised, align_corners=False
+        self._last_batch: _Batch | None = None
 
     # ---- streams ---------------------------------------------------------------------------
     def new_stream(self, portrait: Portrait, seed: int) -> WarpStream:
@@ -251,6 +273,36 @@ class WarpAnimator(FrameGenerator):
         return angles
 
     # ---- one batched step ------------------------------------------------------------------
+    def _batch(self, ss: list[WarpStream]) -> _Batch:
+        """The streams' constant per-portrait tensors stacked; reused while the same streams step."""
+        cached = self._last_batch
+        if cached is not None and len(cached.streams) == len(ss) and all(
+            a is b for a, b in zip(cached.streams, ss, strict=True)
+        ):
+            return cached
+        f32 = dict(dtype=torch.float32, device=self.device)
+        mws = np.array([s.rig.geometry.mouth_width for s in ss])
+        origins, box = mouth_boxes(np.stack([s.mouth_centre for s in ss]), mws, self.width_px, self.height_px)
+        batch = _Batch(
+            streams=tuple(ss),
+            rest=torch.stack([s.rig.rest for s in ss]),
+            bases=torch.stack([s.rig.bases for s in ss]),
+            roi_origin=torch.stack([s.rig.roi_origin for s in ss]),
+            fade=torch.stack([s.rig.fade for s in ss]).reshape(len(ss), -1, 1),
+            head_mask=torch.stack([s.head_mask for s in ss])[..., None],
+            body_dy=torch.stack([s.body_dy for s in ss]),
+            images=torch.stack([s.image for s in ss]),
+            rest_inner=torch.stack([s.rig.rest[60:68] for s in ss]),
+            rest_gap=torch.tensor([s.rest_gap for s in ss], **f32),
+            mouth_width=torch.tensor(mws, **f32),
+            teeth_rgb=torch.tensor(np.stack([s.teeth_rgb for s in ss]), **f32),
+            real_teeth=torch.tensor([s.real_teeth for s in ss], **f32),
+            box_origins=origins,
+            box_size=box,
+        )
+        self._last_batch = batch
+        return batch
+
     @torch.inference_mode()
     def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
         if len(streams) != len(windows):
@@ -291,17 +343,17 @@ class WarpAnimator(FrameGenerator):
             drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
 
         # 2. Control-point targets and the backward thin-plate spline.
-        rest = torch.stack([s.rig.rest for s in ss])  # (B, N, 2)
-        bases = torch.stack([s.rig.bases for s in ss])  # (B, K, N, 2)
+        batch = self._batch(ss)
+        rest, bases = batch.rest, batch.bases  # (B, N, 2), (B, K, N, 2)
         drive_t = torch.tensor(drives, **f32)
         targets = rest + torch.einsum("bk,bknc->bnc", drive_t, bases)
         weights = solve_backward_tps(targets, rest, float(w_px))
 
         # 3. Field on each stream's coarse region of interest, faded out around the face.
-        roi_origin = torch.stack([s.rig.roi_origin for s in ss])  # (B, 2)
+        roi_origin = batch.roi_origin  # (B, 2)
         roi_pts = roi_origin[:, None, :] + self._roi_offsets[None]  # (B, G, 2)
         disp = eval_tps(weights, targets, roi_pts, float(w_px))  # (B, G, 2)
-        fade = torch.stack([s.rig.fade for s in ss]).reshape(b, -1, 1)
+        fade = batch.fade  # (B, G, 1)
         field_roi = (disp * fade).reshape(b, self.roi_h, self.roi_w, 2).permute(0, 3, 1, 2)
 
         # 4. Head motion under the face-and-hair mask, breathing below it (coarse grid).
@@ -320,9 +372,9 @@ class WarpAnimator(FrameGenerator):
         inv_a = torch.linalg.inv(fwd[:, :, :2])
         low = self._low_grid[None].expand(b, -1, -1, -1)  # (B, h, w, 2)
         head_src = torch.einsum("bij,bhwj->bhwi", inv_a, low - fwd[:, None, None, :, 2])
-        mask = torch.stack([s.head_mask for s in ss])[..., None]  # (B, h, w, 1)
+        mask = batch.head_mask  # (B, h, w, 1)
         src = low + mask * (head_src - low)
-        body = torch.stack([s.body_dy for s in ss])  # (B, h, w)
+        body = batch.body_dy  # (B, h, w)
         src = src + torch.stack([torch.zeros_like(body), body * torch.tensor(breath, **f32)[:, None, None]], -1)
 
         # 5. Local field read at the head-moved positions, then upsampled as a displacement.
@@ -339,26 +391,23 @@ class WarpAnimator(FrameGenerator):
         disp_full = F.interpolate(disp_low, size=(h_px, w_px), mode="bilinear", align_corners=False)
         scale = torch.tensor([2.0 / w_px, 2.0 / h_px], **f32)
         grid = self._identity[None] + disp_full.permute(0, 2, 3, 1) * scale
-        images = torch.stack([s.image for s in ss])
+        images = batch.images
         frames = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
         # 6. The inside of the mouth, at the inner lips' target positions moved with the head.
         inner = targets[:, 60:68]
         inner = torch.einsum("bij,bnj->bni", fwd[:, :, :2], inner) + fwd[:, None, :, 2]
-        centres = np.stack([s.mouth_centre for s in ss])
-        mws = np.array([s.rig.geometry.mouth_width for s in ss])
-        origins, box = mouth_boxes(centres, mws, w_px, h_px)
         frames = paint_mouth(
             frames,
             inner,
-            torch.tensor([s.rest_gap for s in ss], **f32),
-            torch.tensor(mws, **f32),
-            torch.tensor(np.stack([s.teeth_rgb for s in ss]), **f32),
-            origins,
-            box,
+            batch.rest_gap,
+            batch.mouth_width,
+            batch.teeth_rgb,
+            batch.box_origins,
+            batch.box_size,
             images,
-            torch.stack([s.rig.rest[60:68] for s in ss]),
-            torch.tensor([s.real_teeth for s in ss], **f32),
+            batch.rest_inner,
+            batch.real_teeth,
         )
 
         rgb = (frames.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

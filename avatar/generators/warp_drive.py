@@ -31,8 +31,8 @@ _RMS_HALF_S = 0.02  # loudness window: t_k - 20 ms .. t_k + 20 ms (as far as the
 _FLOOR_DB = -58.0  # below this nothing opens, whatever the gain
 _LEVEL_INIT_DB = -26.0  # starting guess of a stream's speech level
 _LEVEL_MIN_DB = -55.0
-_JAW_RANGE_DB = 22.0  # the jaw goes from closed to open over this many dB below the speech level
-_LEVEL_UP_S = 0.25  # the level rises this fast towards louder frames
+_JAW_RANGE_DB = 24.0  # the jaw goes from closed to open over this many dB below the speech level
+_LEVEL_UP_S = 0.15  # the level rises this fast towards louder frames
 _LEVEL_DOWN_S = 1.5  # and falls this slowly while speech goes on
 _SHAPE_S = 0.06  # smoothing of lip width and rounding
 _EPS = 1e-10
@@ -141,7 +141,7 @@ class MouthDriver:
         round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
 
         gate = active.astype(np.float64)
-        jaw_target = gate * loudness * (0.45 + 0.55 * openness) * (1.0 - 0.9 * closure) * (1.0 - 0.35 * round_target)
+        jaw_target = gate * loudness * (0.35 + 0.65 * openness) * (1.0 - 0.9 * closure) * (1.0 - 0.35 * round_target)
         width_target = gate * loudness * np.clip(spread - 0.6 * round_target, -1.0, 1.0)
         round_target = gate * loudness * round_target
 
