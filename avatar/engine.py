@@ -72,6 +72,15 @@ class EngineHandle:
         """Queue `window` and wait for its frame."""
         return await self.submit_nowait(window)
 
+    def withdraw(self, future: asyncio.Future[GeneratedFrame]) -> bool:
+        """Take back a window that no step has taken yet (its future is cancelled); else False."""
+        for job in self.jobs:
+            if job.future is future:
+                self.jobs.remove(job)
+                future.cancel()
+                return True
+        return False
+
     @property
     def pending(self) -> int:
         return len(self.jobs)

@@ -24,8 +24,11 @@ only adds latency, a smaller one makes the video repeat frames. The mouth itself
 than the voice by up to the lookahead, when the generator reacts to what its lookahead hears (as
 lips move before the sound comes). The generation budget starts at `generation_budget_s` (a
 constructor argument, default 25 ms) and grows when frames complete after their time (twice within
-the last 50 frames, by the lateness seen, at least half a frame, at most to 500 ms): the session then
-re-anchors with the larger delay. It never shrinks within a session.
+the last 50 frames, by the lateness seen, at least half a frame, at most to two engine steps (p95)
+plus a frame, and never past 500 ms: more cannot help a generator slower than real time, whose
+frames then repeat): the session then re-anchors with the larger delay. Windows still queued on
+the engine when their time has passed are withdrawn, so a slow engine spends its steps on frames
+that can still be shown. The budget never shrinks within a session.
 
 The offset is set when the first audio arrives (`offset_s = now - u_end + delay_s`, so the packet
 that just ended at `u_end` plays `delay_s` from now). Each packet's headroom (how long before its
@@ -150,7 +153,7 @@ class AvatarSession:
         self._handle: EngineHandle | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._futures: set[asyncio.Future[GeneratedFrame]] = set()
+        self._futures: dict[asyncio.Future[GeneratedFrame], int] = {}  # -> window index
         self._resampler48: av.AudioResampler | None = None
 
         # Input timeline and counters.
@@ -164,6 +167,7 @@ class AvatarSession:
         self._primed = False
         self._reanchor_wanted = False
         self._late_history = collections.deque[bool](maxlen=50)
+        self._late_grace_until = 0.0
         self._counters = collections.Counter[str]()
 
     # -- properties ------------------------------------------------------------------------------
@@ -359,11 +363,11 @@ class AvatarSession:
             return
         except EngineClosed:
             return
-        self._futures.add(future)
+        self._futures[future] = window.frame_index
         future.add_done_callback(functools.partial(self._on_generated, window))
 
     def _on_generated(self, window: AudioWindow, future: asyncio.Future[GeneratedFrame]) -> None:
-        self._futures.discard(future)
+        self._futures.pop(future, None)
         if future.cancelled() or self._closed:
             return
         error = future.exception()
@@ -377,15 +381,30 @@ class AvatarSession:
         self._counters["generated"] += 1
         due = self.timeline.frame_time(window.frame_index)
         late_by = self.clock.now_s() - due if due is not None else 0.0
-        self._late_history.append(late_by > 0)
         if late_by > 0:
             self._counters["late"] += 1
-            if sum(self._late_history) >= 2 and self.generation_budget_s < _MAX_BUDGET_S:
-                step = max(late_by, 0.5 / self.fps)
-                self.generation_budget_s = min(_MAX_BUDGET_S, self.generation_budget_s + step)
-                self._late_history.clear()
-                self._reanchor_wanted = True
-                self.log.info("frames late: generation budget now %.0f ms", self.generation_budget_s * 1000)
+            self._on_late(late_by)
+        else:
+            self._late_history.append(False)
+
+    def _on_late(self, late_by: float) -> None:
+        """A frame came (or would come) after its time: twice in 50 frames raises the budget."""
+        now = self.clock.now_s()
+        if now < self._late_grace_until:  # the last raise has not taken effect yet
+            return
+        self._late_history.append(True)
+        # Waiting behind one running step, then one's own: more budget than that cannot help (a
+        # generator slower than real time needs throughput, and then frames repeat).
+        ceiling = min(_MAX_BUDGET_S, max(0.05, 2 * self.engine.step_ms_p95() / 1000 + 1 / self.fps))
+        if sum(self._late_history) >= 2 and self.generation_budget_s < ceiling:
+            step = max(late_by, 0.5 / self.fps)
+            self.generation_budget_s = min(ceiling, self.generation_budget_s + step)
+            self._late_history.clear()
+            self._reanchor_wanted = True
+            # Frames already under way were scheduled with the old delay: judge the new one by
+            # frames submitted after the re-anchor.
+            self._late_grace_until = now + self.delay_s + 0.1
+            self.log.info("frames late: generation budget now %.0f ms", self.generation_budget_s * 1000)
 
     # -- rest frames when the voice stops --------------------------------------------------------
 
@@ -398,12 +417,32 @@ class AvatarSession:
             await self.clock.sleep_until(next_t)
             now = self.clock.now_s()
             next_t = max(next_t, now - period)  # after a stall, do not spin to catch up
+            self._expire(now)
             offset = self.timeline.offset_s
             if offset is None or self._last_arrival_s is None:
                 continue  # no voice yet: the idle frame is shown
             if not self._input_ended and now - self._last_arrival_s < self.gap_s:
                 continue
             self._fill_silence_until(now + self.delay_s - offset)
+
+    def _expire(self, now: float) -> None:
+        """Withdraw windows still waiting on the engine whose time has passed.
+
+        An engine slower than real time would otherwise work through a queue of frames that can
+        only be late, and the video would lag further and further; withdrawn, the engine spends
+        its steps on frames that can still be shown (the generator sees fewer, newer windows).
+        """
+        if self._handle is None:
+            return
+        overdue = 0.0
+        for future, index in list(self._futures.items()):
+            due = self.timeline.frame_time(index)
+            if due is not None and due < now and self._handle.withdraw(future):
+                self._futures.pop(future, None)
+                self._counters["expired"] += 1
+                overdue = max(overdue, now - due)
+        if overdue > 0:
+            self._on_late(overdue)
 
     def _fill_silence_until(self, u_target: float) -> None:
         """Advance the input timeline with silence up to input time `u_target` (20 ms steps)."""
@@ -434,6 +473,7 @@ class AvatarSession:
             "late_frames": self._counters["late"],
             "dropped_windows": self._counters["dropped"],
             "skipped_windows": self._counters["skipped"],
+            "expired_windows": self._counters["expired"],
             "reanchors": self._counters["reanchors"],
             "trims": self._counters["trims"],
             "audio_frames_in": self._counters["audio_frames"],

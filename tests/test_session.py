@@ -200,3 +200,28 @@ async def test_a_session_closed_before_it_started_is_clean(small_config: AppConf
     assert session.video_track.readyState == "ended"
     with pytest.raises(RuntimeError):
         session.attach_audio(ArrayAudioTrack(tone_48k(0.2)))
+
+
+async def test_a_generator_slower_than_real_time_degrades_without_stalling(small_config: AppConfig) -> None:
+    engine = InferenceEngine(LoudnessGenerator(64, 64, FPS, step_s=0.07), small_config.video)
+    await engine.start()
+    session = make_session(small_config, engine, "slow")
+    try:
+        await session.start()
+        session.attach_audio(ArrayAudioTrack(tone_48k(2.0, 0.3)))
+        started = time.monotonic()
+        frames, depth = 0, 0
+        while time.monotonic() - started < 1.6:
+            await session.video_track.recv()
+            frames += 1
+            depth = max(depth, engine.stats()["queue_depth"])
+        stats = session.stats()
+    finally:
+        await session.aclose()
+        await engine.aclose()
+    # The video keeps its rate (a frame or two go to re-phasing as the delay grows): repeats, no stall.
+    assert frames == pytest.approx(1.6 * FPS, abs=5)
+    assert stats["repeated_frames"] > 0
+    assert stats["late_frames"] + stats["expired_windows"] > 0
+    assert stats["delay_ms"] > 75  # the budget grew to what the generator needs
+    assert depth <= engine.max_pending_per_stream
