@@ -157,9 +157,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         no_face = profile.parent / f"{profile.name}-gray.png"
         Image.fromarray(np.full((240, 240, 3), 140, np.uint8)).save(no_face)
         driver.find_element(By.ID, "file").send_keys(str(no_face))
-        banner = driver.find_element(By.ID, "error-text")
-        result["no_face_error"] = wait_for(lambda: banner.text, 20)
+        status = driver.find_element(By.ID, "portrait-status")
+        result["no_face_error"] = wait_for(lambda: "cannot be used" in status.text and status.text, 20)
         no_face.unlink()
+        if args.screenshot:  # the page before Start, with the refusal shown
+            driver.save_screenshot(str(args.screenshot.with_name(args.screenshot.stem + "-idle.png")))
         # Choose the built-in portrait explicitly: its reply carries the face box.
         driver.execute_script(
             "window.__portrait = null; const ws = window.portraitApp.ws;"

@@ -130,6 +130,7 @@
     switch (msg.type) {
       case "portrait":
         ui.portraitStatus.textContent = `${app.choice && app.choice.label ? app.choice.label : "Portrait"}: face found, ready.`;
+        ui.portraitStatus.classList.remove("bad");
         ui.portraitStatus.classList.add("ok");
         markChosen();
         break;
@@ -150,9 +151,10 @@
 
   function onServerError(msg) {
     if (msg.code === "bad_portrait") {
+      // Shown beside the portrait controls (not as a banner): the session goes on.
       ui.portraitStatus.textContent = describeError(msg);
       ui.portraitStatus.classList.remove("ok");
-      showError(describeError(msg));
+      ui.portraitStatus.classList.add("bad");
       app.choice = app.confirmedChoice || null;
       markChosen();
       return;
@@ -174,7 +176,7 @@
     app.confirmedChoice = app.choice;
     app.choice = choice;
     clearError();
-    ui.portraitStatus.classList.remove("ok");
+    ui.portraitStatus.classList.remove("ok", "bad");
     ui.portraitStatus.textContent = choice.name ? `Loading ${choice.name}…` : `Looking for a face in ${choice.label}…`;
     if (choice.name) {
       choice.label = choice.name;
