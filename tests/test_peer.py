@@ -120,8 +120,8 @@ async def test_bad_offers_are_bad_sdp() -> None:
 
 
 def test_host_address_patch_is_idempotent_and_restores() -> None:
+    before = install_host_addresses([])  # from aioice's own discovery (whatever ran before)
     original = aioice.ice.get_host_addresses
-    assert installed_host_addresses() == ()
     with host_addresses(["127.0.0.1", "::1", "127.0.0.1"]):
         assert installed_host_addresses() == ("127.0.0.1", "::1")
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
@@ -134,6 +134,7 @@ def test_host_address_patch_is_idempotent_and_restores() -> None:
         assert aioice.ice.get_host_addresses is original
     with pytest.raises(ConfigError):
         install_host_addresses(["localhost"])
+    install_host_addresses(before)
 
 
 def test_rtc_configuration() -> None:
