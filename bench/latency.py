@@ -176,15 +176,17 @@ async def read_video(track: MediaStreamTrack, capture: Capture, box: tuple[int, 
         while True:
             frame = await track.recv()
             arrival = time.monotonic()
+            assert isinstance(frame, av.VideoFrame)
             rgb = frame.to_ndarray(format="rgb24")
             mouth = rgb[y0:y1, x0:x1].astype(np.float32)
-            capture.video.append((arrival, int(frame.pts), float(np.mean(np.abs(mouth - rest)))))
+            capture.video.append((arrival, int(frame.pts or 0), float(np.mean(np.abs(mouth - rest)))))
 
 
 async def read_audio(track: MediaStreamTrack, capture: Capture) -> None:
     with contextlib.suppress(MediaStreamError):
         while True:
             frame = await track.recv()
+            assert isinstance(frame, av.AudioFrame)
             samples = frame.to_ndarray().astype(np.float32) / 32768.0
             capture.audio.append((time.monotonic(), float(np.sqrt(np.mean(samples**2)))))
 

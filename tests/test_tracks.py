@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ class Receiver:
     def __init__(self, track: AvatarVideoTrack | DelayedAudioTrack, clock: FakeClock) -> None:
         self.track = track
         self.clock = clock
-        self.got: list[tuple[float, int, object]] = []  # (clock time at return, pts, frame)
+        self.got: list[tuple[float, int, Any]] = []  # (clock time at return, pts, frame)
         self.paused = asyncio.Event()
         self.paused.set()
         self.task = asyncio.create_task(self._run())
@@ -37,7 +38,7 @@ class Receiver:
                 frame = await self.track.recv()
             except MediaStreamError:
                 return
-            self.got.append((self.clock.now_s(), frame.pts, frame))
+            self.got.append((self.clock.now_s(), int(frame.pts or 0), frame))
 
     def levels(self) -> list[int]:
         return [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for _, _, f in self.got]  # type: ignore[attr-defined]
