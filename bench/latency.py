@@ -16,9 +16,12 @@ Modes:
   offer 127.0.0.1 (config `[webrtc] host_addresses = ["127.0.0.1"]`);
 - `--spawn`: starts `avatar serve --port 0` with such a config, measures through it, stops it.
 
-aiortc's audio receivers hold 4 packets (80 ms) before playing the first: the server side uses
-`webrtc.audio_jitter_prefetch` (0 by default); the bench client does the same on its own receiver
-(`--client-prefetch`, default 0), since it only listens to the returned voice for the A/V offset.
+Receivers: aiortc's audio receiver holds 4 packets (80 ms) before playing the first, and every
+aiortc receiver releases a frame only when the next one starts (audio +20 ms, video +1 frame). The
+server side uses `webrtc.audio_jitter_prefetch` (0: signaling.peer's prompt audio buffer); the bench
+client does the same for the voice it gets back (`--client-prefetch`, default 0) and releases each
+video frame once its marker packet is in (`--client-video-jitter prompt`), as a browser would, so
+the numbers are not inflated by the client.
 
 Prints one line per onset, then p50/p95 latency, delivered fps, inter-frame jitter and the offset
 between the returned voice and the mouth, and finally one JSON line with all the numbers.
@@ -118,14 +121,13 @@ class MicTrack(MediaStreamTrack):
 # -- the client -------------------------------------------------------------------------------------
 
 
-class PromptJitterBuffer(JitterBuffer):
-    """Releases a frame as soon as it is complete, not when the next frame's first packet comes.
+class PromptVideoJitterBuffer(JitterBuffer):
+    """Releases a video frame as soon as it is complete, not when the next frame's first packet comes.
 
     aiortc's JitterBuffer only knows a frame is complete when a packet of the next one arrives, so
-    every receiver adds one packet (audio: 20 ms) or one frame (video: 1 / fps) of delay that a
-    browser does not. Here an audio packet is a frame by itself, and a video frame is complete on
-    the packet with the RTP marker bit when every packet since the oldest held one is present.
-    Anything else (a gap, reordering) falls back to aiortc's rule.
+    an aiortc client adds one frame period (40 ms at 25 fps) that a browser does not. Here a frame is
+    complete on the packet with the RTP marker bit when every packet since the oldest held one is
+    there; anything else (a gap, reordering) falls back to aiortc's rule.
     """
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
@@ -137,19 +139,20 @@ class PromptJitterBuffer(JitterBuffer):
                 break
             timestamp = packet.timestamp
             packets.append(packet)
-            if not self._is_video or packet.marker:
+            if packet.marker:
                 self.remove(count + 1)
-                return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)  # type: ignore[attr-defined]
+                data = b"".join(p._data for p in packets)  # type: ignore[attr-defined]
+                return JitterFrame(data=data, timestamp=timestamp)
         return super()._remove_frame(sequence_number)
 
 
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
-def install_prompt_jitter_buffer(receiver: Any) -> None:
+def install_prompt_video_jitter_buffer(receiver: Any) -> None:
     current = getattr(receiver, _JITTER_ATTR)
     assert isinstance(current, JitterBuffer), "aiortc changed: no jitter buffer to replace"
-    setattr(receiver, _JITTER_ATTR, PromptJitterBuffer(capacity=current.capacity, is_video=current._is_video))
+    setattr(receiver, _JITTER_ATTR, PromptVideoJitterBuffer(capacity=current.capacity, is_video=True))
 
 
 @dataclasses.dataclass
@@ -191,15 +194,14 @@ async def read_audio(track: MediaStreamTrack, capture: Capture) -> None:
             capture.audio.append((time.monotonic(), float(np.sqrt(np.mean(samples**2)))))
 
 
-def client_peer(mic: MicTrack, prefetch: int, prompt: bool) -> RTCPeerConnection:
+def client_peer(mic: MicTrack, prefetch: int, prompt_video: bool) -> RTCPeerConnection:
+    """The bench's client: its voice out, video and the returned voice in, with prompt receivers."""
     pc = RTCPeerConnection()
     audio = pc.addTransceiver(mic, direction="sendrecv")
     video = pc.addTransceiver("video", direction="recvonly")
-    if prompt:
-        install_prompt_jitter_buffer(audio.receiver)
-        install_prompt_jitter_buffer(video.receiver)
-    else:
-        set_audio_jitter_prefetch(audio.receiver, prefetch)
+    set_audio_jitter_prefetch(audio.receiver, prefetch)  # 0: signaling.peer's prompt audio buffer
+    if prompt_video:
+        install_prompt_video_jitter_buffer(video.receiver)
     return pc
 
 
@@ -230,11 +232,7 @@ async def run_in_process(config: AppConfig, args: argparse.Namespace, mic: MicTr
                                 return_audio=return_audio)
         return session
 
-    client = client_peer(mic, args.client_prefetch, args.client_jitter == "prompt")
-    if args.server_jitter == "prompt":  # an experiment: the server's audio receiver made prompt too
-        import signaling.peer
-
-        signaling.peer.set_audio_jitter_prefetch = lambda receiver, prefetch: install_prompt_jitter_buffer(receiver)
+    client = client_peer(mic, args.client_prefetch, args.client_video_jitter == "prompt")
     server = Peer(config.webrtc, "bench")
     readers: list[asyncio.Task[None]] = []
     try:
@@ -284,7 +282,7 @@ async def run_with_server(url: str, config: AppConfig, args: argparse.Namespace,
         portrait = await asyncio.to_thread(default_portrait, config)  # the server's default, here too
         box = mouth_box(portrait)
         rest = portrait.rgb[box[1] : box[3], box[0] : box[2]].astype(np.float32)
-        client = client_peer(mic, args.client_prefetch, args.client_jitter == "prompt")
+        client = client_peer(mic, args.client_prefetch, args.client_video_jitter == "prompt")
         readers: list[asyncio.Task[None]] = []
         try:
             await client.setLocalDescription(await client.createOffer())
@@ -447,9 +445,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result["mode"] = "spawn" if args.spawn else ("server" if args.server else "in-process")
     result["generator"] = args.generator if not (args.server or args.spawn) else "server's"
     result["size"] = args.size
-    prefetch = f"aiortc prefetch {args.client_prefetch}"
-    result["client_jitter"] = args.client_jitter if args.client_jitter == "prompt" else prefetch
-    result["server_jitter"] = args.server_jitter
+    result["client_audio_prefetch"] = args.client_prefetch
+    result["client_video_jitter"] = args.client_video_jitter
+    result["server_audio_prefetch"] = "server's" if (args.server or args.spawn) else args.server_prefetch
     result["server"] = server_stats
     return result
 
@@ -466,13 +464,13 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=1.2, help="seconds between onsets")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--size", type=int, default=256, help="video width and height")
-    parser.add_argument("--client-prefetch", type=int, default=0, help="packets the client's audio receiver holds")
-    parser.add_argument("--server-prefetch", type=int, default=0, help="in-process: webrtc.audio_jitter_prefetch")
-    parser.add_argument("--client-jitter", default="prompt", choices=["prompt", "aiortc"],
-                        help="client receivers: release complete frames at once (like a browser), or "
-                             "aiortc's buffer (holds each frame until the next one starts; --client-prefetch)")
-    parser.add_argument("--server-jitter", default="aiortc", choices=["prompt", "aiortc"],
-                        help="in-process experiment: the server's audio receiver, aiortc's or prompt")
+    parser.add_argument("--client-prefetch", type=int, default=0,
+                        help="packets the client's audio receiver holds (0: prompt, as the server's)")
+    parser.add_argument("--server-prefetch", type=int, default=0,
+                        help="in-process: webrtc.audio_jitter_prefetch of the server's receiver")
+    parser.add_argument("--client-video-jitter", default="prompt", choices=["prompt", "aiortc"],
+                        help="client video receiver: release a frame once complete (like a browser), or "
+                             "aiortc's buffer (holds each frame until the next one starts)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(f"latency p50 {result['latency_ms_p50']} ms, p95 {result['latency_ms_p95']} ms "
