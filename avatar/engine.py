@@ -110,6 +110,7 @@ class InferenceEngine:
         self._worker: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._closed = False
+        self.warmed = False  # set by the first session, which warms the generator up (session.py)
         self._in_flight: asyncio.Future[Any] | None = None
         # Load figures for stats().
         self._steps = 0

@@ -28,7 +28,10 @@ the last 50 frames, by the lateness seen, at least half a frame, at most to two 
 plus a frame, and never past 500 ms: more cannot help a generator slower than real time, whose
 frames then repeat): the session then re-anchors with the larger delay. Windows still queued on
 the engine when their time has passed are withdrawn, so a slow engine spends its steps on frames
-that can still be shown. The budget never shrinks within a session.
+that can still be shown. After 5 s without a late frame a raised budget comes down to what the
+engine's recent steps need (1.5 x their p95), and the timeline is trimmed in the next silence.
+The first session on an engine first runs three steps of a throwaway stream, so the generator's
+slow first steps do not set anyone's delay.
 
 The offset is set when the first audio arrives (`offset_s = now - u_end + delay_s`, so the packet
 that just ended at `u_end` plays `delay_s` from now). Each packet's headroom (how long before its
@@ -86,6 +89,7 @@ _RATIO = AUDIO_RATE_HZ // SAMPLE_RATE_HZ  # 48 kHz samples per 16 kHz sample
 _FILL_CHUNK_S = 0.02
 _MAX_BUDGET_S = 0.5  # a generator slower than this per frame cannot be live anyway
 _TRIM_WINDOW_S = 1.0  # headroom is judged over this much recent audio
+_LOWER_AFTER_S = 5.0  # this long without a late frame lowers a raised generation budget
 _JITTER_MARGIN_S = 0.01
 
 
@@ -168,6 +172,8 @@ class AvatarSession:
         self._reanchor_wanted = False
         self._late_history = collections.deque[bool](maxlen=50)
         self._late_grace_until = 0.0
+        self._last_late_s = 0.0
+        self._initial_budget_s = generation_budget_s
         self._counters = collections.Counter[str]()
 
     # -- properties ------------------------------------------------------------------------------
@@ -206,6 +212,11 @@ class AvatarSession:
         if self._started.is_set() or self._closed:
             return
         self._build_audio_chain()
+        if not self.engine.warmed:
+            # A generator's first steps are slow (allocations, caches). Spent here on a throwaway
+            # stream, they are not mistaken for its pace by this session's delay or the engine's stats.
+            self.engine.warmed = True
+            await self.engine.call(self._warm_up)
         self._stream = await self.engine.new_stream(self.portrait, self.seed)
         idle = await self.engine.call(self.generator.idle_frame, self._stream)
         if self._closed:  # closed while we were waiting on the engine
@@ -219,6 +230,14 @@ class AvatarSession:
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"session-{self.session_id}-pump")
         self._started.set()
         self.log.info("started (%d fps, delay %.0f ms)", self.fps, self.delay_s * 1000)
+
+    def _warm_up(self, steps: int = 3) -> None:
+        """(On the engine thread.) A few steps of a throwaway stream on silence."""
+        stream = self.generator.new_stream(self.portrait, 0)
+        windows = self.config.windows
+        for k in range(steps):
+            silence = np.zeros(windows.total_samples, dtype=np.float32)
+            self.generator.step([stream], [AudioWindow(k, silence, windows.past_samples, False, self.fps)])
 
     def attach_audio(self, track: MediaStreamTrack) -> None:
         """Read `track` until it ends, into the chain; one input track per session."""
@@ -390,6 +409,7 @@ class AvatarSession:
     def _on_late(self, late_by: float) -> None:
         """A frame came (or would come) after its time: twice in 50 frames raises the budget."""
         now = self.clock.now_s()
+        self._last_late_s = now
         if now < self._late_grace_until:  # the last raise has not taken effect yet
             return
         self._late_history.append(True)
@@ -418,6 +438,7 @@ class AvatarSession:
             now = self.clock.now_s()
             next_t = max(next_t, now - period)  # after a stall, do not spin to catch up
             self._expire(now)
+            self._maybe_lower_budget(now)
             offset = self.timeline.offset_s
             if offset is None or self._last_arrival_s is None:
                 continue  # no voice yet: the idle frame is shown
@@ -443,6 +464,19 @@ class AvatarSession:
                 overdue = max(overdue, now - due)
         if overdue > 0:
             self._on_late(overdue)
+
+    def _maybe_lower_budget(self, now: float) -> None:
+        """After `_LOWER_AFTER_S` without a late frame, bring the budget down to what the engine's
+        recent steps need (1.5 x p95 + 5 ms, not under the initial budget); the headroom check then
+        trims the timeline in the next silence. A budget set too low rises again on late frames."""
+        if self.generation_budget_s <= self._initial_budget_s or now - self._last_late_s < _LOWER_AFTER_S:
+            return
+        target = max(self._initial_budget_s, 1.5 * self.engine.step_ms_p95() / 1000 + 0.005)
+        self._last_late_s = now  # look again only after another quiet stretch
+        if target < self.generation_budget_s - 0.005:
+            self.generation_budget_s = target
+            self._counters["budget_lowered"] += 1
+            self.log.info("no late frames: generation budget now %.0f ms", target * 1000)
 
     def _fill_silence_until(self, u_target: float) -> None:
         """Advance the input timeline with silence up to input time `u_target` (20 ms steps)."""
@@ -476,6 +510,7 @@ class AvatarSession:
             "expired_windows": self._counters["expired"],
             "reanchors": self._counters["reanchors"],
             "trims": self._counters["trims"],
+            "budget_lowered": self._counters["budget_lowered"],
             "audio_frames_in": self._counters["audio_frames"],
             "filled_frames": self._counters["filled_frames"],
             "input_ended": self._input_ended,
