@@ -37,6 +37,7 @@ from avatar.generators.warp_rig import (
     BASIS_BLINK_L,
     BASIS_BLINK_R,
     BASIS_JAW,
+    BASIS_PRESS,
     BASIS_ROUND,
     BASIS_WIDTH,
     N_BASES,
@@ -225,7 +226,7 @@ class WarpAnimator(FrameGenerator):
         rgb: np.ndarray, lm: np.ndarray, rest_gap: float, mouth_width: float
     ) -> tuple[np.ndarray, bool]:
         """Teeth colour and whether the portrait shows teeth at rest (bright pixels between the lips)."""
-        default = np.array([0.80, 0.77, 0.71]), False
+        default = np.array([0.90, 0.87, 0.81]), False
         if rest_gap < 0.06 * mouth_width:
             return default
         x0, x1 = int(lm[61, 0]), int(lm[63, 0]) + 1
@@ -337,9 +338,11 @@ class WarpAnimator(FrameGenerator):
             breath[i] = self.config.breathing * _BREATH_SCALE * math.sin(
                 2.0 * math.pi * s.motion.breath_hz * t + s.motion.breath_phase
             )
-            drives[i, BASIS_JAW] = mouth[i].jaw * self.config.mouth_open_max
+            # Pressed lips win over the jaw (the release of an m or b opens it again).
+            drives[i, BASIS_JAW] = mouth[i].jaw * (1.0 - mouth[i].press) * self.config.mouth_open_max
             drives[i, BASIS_WIDTH] = mouth[i].width
             drives[i, BASIS_ROUND] = mouth[i].rounding
+            drives[i, BASIS_PRESS] = mouth[i].press
             drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
 
         # 2. Control-point targets and the backward thin-plate spline.
@@ -408,6 +411,7 @@ class WarpAnimator(FrameGenerator):
             images,
             batch.rest_inner,
             batch.real_teeth,
+            drive_t[:, BASIS_PRESS],
         )
 
         rgb = (frames.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -417,6 +421,7 @@ class WarpAnimator(FrameGenerator):
                 "jaw": float(drives[i, BASIS_JAW]),
                 "width": float(drives[i, BASIS_WIDTH]),
                 "rounding": float(drives[i, BASIS_ROUND]),
+                "press": float(drives[i, BASIS_PRESS]),
                 "blink": float(drives[i, BASIS_BLINK_L]),
                 "head_pitch": float(poses[i, 0]),
                 "head_yaw": float(poses[i, 1]),

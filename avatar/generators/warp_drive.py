@@ -45,6 +45,7 @@ class MouthDriveState:
     jaw: float = 0.0
     width: float = 0.0
     rounding: float = 0.0
+    press: float = 0.0
     level_db: float = _LEVEL_INIT_DB
 
 
@@ -57,7 +58,8 @@ class MouthDrive:
     rounding: float  # 0 .. 1
     loudness_db: float
     level_db: float
-    closure: float  # 0 .. 1, how strongly a nasal murmur or pause closes the lips
+    closure: float  # 0 .. 1, how strongly a nasal murmur closes the lips
+    press: float  # 0 .. 1, lips pressed together (m/b/p: a nasal murmur or a dip inside speech)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -121,6 +123,7 @@ class MouthDriver:
         jaw = np.array([s.jaw for s in states])
         width = np.array([s.width for s in states])
         rounding = np.array([s.rounding for s in states])
+        press = np.array([s.press for s in states])
 
         audible = loud > _FLOOR_DB
         active = audible & (speaking | (loud > np.maximum(level - 8.0, -40.0)))
@@ -145,8 +148,14 @@ class MouthDriver:
         width_target = gate * loudness * np.clip(spread - 0.6 * round_target, -1.0, 1.0)
         round_target = gate * loudness * round_target
 
+        # Lips pressed: a nasal murmur, or a sudden dip inside speech (the hold of a b or p).
+        dip = speaking & (loud < level - 0.85 * _JAW_RANGE_DB) & (jaw > 0.15)
+        press_target = np.maximum(gate * closure, dip.astype(np.float64))
+        press = press + (press_target - press) * self.a_attack
+        press = np.where(press < 1e-3, 0.0, press)
+
         closing = jaw_target < jaw
-        a_jaw = np.where(closing, np.where(closure > 0.5, self.a_attack, self.a_release), self.a_attack)
+        a_jaw = np.where(closing, np.where(press_target > 0.5, self.a_attack, self.a_release), self.a_attack)
         jaw = jaw + (jaw_target - jaw) * a_jaw
         width = width + (width_target - width) * self.a_shape
         rounding = rounding + (round_target - rounding) * self.a_shape
@@ -158,6 +167,7 @@ class MouthDriver:
         drives = []
         for i, state in enumerate(states):
             state.jaw, state.width, state.rounding = float(jaw[i]), float(width[i]), float(rounding[i])
+            state.press = float(press[i])
             state.level_db = float(level[i])
             drives.append(
                 MouthDrive(
@@ -167,6 +177,7 @@ class MouthDriver:
                     loudness_db=float(max(loud[i], -120.0)),
                     level_db=state.level_db,
                     closure=float(closure[i] * gate[i]),
+                    press=state.press,
                 )
             )
         return drives

@@ -108,6 +108,7 @@ def paint_mouth(
     images: torch.Tensor,
     rest_inner: torch.Tensor,
     real_teeth: torch.Tensor,
+    press: torch.Tensor,
 ) -> torch.Tensor:
     """Composite the mouth interior into `frames` (B, 3, H, W) float in [0, 1], in place; returns it.
 
@@ -116,7 +117,8 @@ def paint_mouth(
     grows beyond it. mouth_width: (B,) pixels. teeth_rgb: (B, 3) in [0, 1].
     images: (B, 3, H, W) the portraits; rest_inner: (B, 8, 2) inner lips at rest; real_teeth: (B,)
     1 where the portrait shows its teeth at rest: then the teeth band is the portrait's own teeth,
-    carried with the upper lip, instead of a painted one.
+    carried with the upper lip, instead of a painted one. press: (B,) lips pressed together
+    (0..1): what is left between them is drawn as the dark seam of closed lips.
     """
     b = frames.shape[0]
     dev, dt = frames.device, frames.dtype
@@ -197,7 +199,12 @@ def paint_mouth(
 
     colour = cavity + (tongue - cavity) * tongue_a[:, None, :]
     colour = colour + (teeth - colour) * teeth_a[:, None, :]
-    alpha = (inside * fade[:, None])[:, None, :]  # (B, 1, P)
+    # Pressed lips: the sliver left between them becomes the seam, darker in the middle.
+    seam = torch.tensor([0.33, 0.14, 0.13], dtype=dt, device=dev)[None, :, None]
+    seam = seam * (0.8 + 0.2 * (1.0 - centre))[:, None, :]
+    seam_a = (_smoothstep((press - 0.2) / 0.5) * (1.0 - fade))[:, None]  # (B, 1)
+    colour = colour + (seam - colour) * (seam_a / (fade[:, None] + seam_a).clamp_min(1e-6))[:, None, :]
+    alpha = (inside * (fade[:, None] + seam_a))[:, None, :]  # (B, 1, P)
     colour = colour.reshape(b, 3, bh, bw)
     alpha = alpha.reshape(b, 1, bh, bw)
     for i in range(b):

@@ -33,8 +33,8 @@ INNER_UPPER = [60, 61, 62, 63, 64]
 INNER_LOWER = [60, 67, 66, 65, 64]
 
 # Order of the drive bases.
-BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R = range(5)
-N_BASES = 5
+BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS = range(6)
+N_BASES = 6
 
 N_RING = 18
 N_FOREHEAD = 6
@@ -45,6 +45,7 @@ _LID_SKIN = 0.45  # lid-skin point: this far from the lid toward the brow
 _LID_SKIN_FOLLOW = 0.4  # and moves this share of the lid's travel
 TPS_REGULARISATION = 1e-5
 BLINK_TRAVEL = 0.8  # share of the eye opening the upper lid travels in a full blink
+PRESS_TRAVEL = 0.4  # share of the rest lip gap each lip travels when pressed
 RING_SCALE = 1.0  # the field is untouched inside this ellipse scale ...
 FADE_SCALE = 1.3  # ... and fades to zero at this one
 
@@ -118,7 +119,7 @@ def rest_points(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
 
 
 def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
-    """(K, N, 2) displacement per unit drive: jaw, width, rounding, blink left, blink right."""
+    """(K, N, 2) displacement per unit drive: jaw, width, rounding, blink left, blink right, press."""
     lm = landmarks.astype(np.float64)
     bases = np.zeros((N_BASES, N_POINTS, 2))
     down, right, mw = g.down, g.right, g.mouth_width
@@ -159,6 +160,19 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
         bases[BASIS_ROUND, i] -= 0.035 * mw * down
     for i in (56, 57, 58):
         bases[BASIS_ROUND, i] += 0.035 * mw * down
+
+    # Press (m, b, p): lips parted at rest (a smile showing teeth) come together, not quite shut
+    # (the backward spline cannot fold a gap to a line; the mouth painter draws the seam).
+    for (up_in, lo_in), (up_out, lo_out) in zip(
+        ((61, 67), (62, 66), (63, 65)), ((50, 58), (51, 57), (52, 56)), strict=True
+    ):
+        gap = lm[lo_in] - lm[up_in]
+        if float(gap @ down) <= 0.0:
+            continue
+        bases[BASIS_PRESS, up_in] += PRESS_TRAVEL * gap
+        bases[BASIS_PRESS, lo_in] -= PRESS_TRAVEL * gap
+        bases[BASIS_PRESS, up_out] += 0.35 * PRESS_TRAVEL * gap
+        bases[BASIS_PRESS, lo_out] -= 0.35 * PRESS_TRAVEL * gap
 
     # Blinks: the upper lids come down onto the lower ones, which rise a little.
     skin0 = 68 + N_FOREHEAD + N_RING
