@@ -8,8 +8,8 @@ of TganConfig (untrained weights: cost does not depend on them):
 - streaming: `TganGenerator.generate` (the batched model step for N streams, face crops only) and
   `TganGenerator.step` (the same plus the paste into a 512x512 portrait and the copy to the CPU),
   per call and per frame, at N = 1, 8, 32.
-Runs on CUDA when present (timed with synchronisation), else the CPU. Prints a table, then one JSON
-line with every number.
+Runs on CUDA when present (timed with synchronisation), else the CPU; each figure is the best of
+--repeat runs. Prints a table, then one JSON line with every number.
 
     .venv/bin/python bench/tgan_cost.py [--device cpu] [--repeat 5] [--no-256]
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +39,8 @@ from avatar.windows import AudioWindow  # noqa: E402
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 1) -> float:
-    """Median seconds of `fn` over `repeat` runs after `warmup` runs."""
+    """Best (least) seconds of `fn` over `repeat` runs after `warmup` runs: on a shared machine the
+    minimum is the least disturbed estimate of the cost itself."""
     for _ in range(warmup):
         fn()
     times = []
@@ -52,7 +52,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int, warmup: i
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench_size(

@@ -86,6 +86,17 @@ def test_prepared_clips_are_cached(faces_dir: Path, tmp_path: Path) -> None:
     assert np.array_equal(cached.frames, clip.frames) and np.array_equal(cached.audio, clip.audio)
 
 
+def test_faces_are_found_without_landmarks_json(faces_dir: Path, tmp_path: Path) -> None:
+    # No JSON beside the video: the portrait code's detector finds the face on the first frame.
+    shutil.copy(faces_dir / "talk1.mp4", tmp_path / "talk1.mp4")
+    config = AppConfig()
+    detected = TalkingFaces(tmp_path, TINY, config.windows, config.video.fps, 0.0, None)
+    given = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, None)
+    a = detected.clip(detected.train_paths[0])
+    b = given.clip(faces_dir / "talk1.mp4")
+    assert np.abs(a.landmarks - b.landmarks).max() < 3.0  # pixels of the 64x48 crop
+
+
 def test_a_few_steps_lower_the_reconstruction_loss(faces_dir: Path) -> None:
     config = tiny_config(batch_size=2, clip_frames=8)
     data = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, None)

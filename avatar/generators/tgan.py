@@ -460,8 +460,13 @@ class TganStream(GeneratorStream):
         self.noise_hidden: torch.Tensor | None = None  # [1, 1, Nz]
         self.rng = rng  # CPU generator of this stream's noise
         self.box = box  # (x, y, w, h) of the face crop in output pixels (integers, may leave the image)
-        self.mask = mask  # [1, h, w] feathered paste weight on the device
-        self.canvas = canvas  # [3, Hout, Wout] the portrait as floats 0..255 on the device
+        # The part of the box inside the picture: (x0, y0, x1, y1) in output pixels.
+        height, width = portrait.rgb.shape[:2]
+        x, y, w, h = box
+        self.region = (max(x, 0), max(y, 0), max(min(x + w, width), max(x, 0)), max(min(y + h, height), max(y, 0)))
+        x0, y0, x1, y1 = self.region
+        self.mask = mask[:, y0 - y : y1 - y, x0 - x : x1 - x]  # [1, rh, rw] feathered paste weight, on the device
+        self.background = canvas[:, y0:y1, x0:x1]  # [3, rh, rw] the portrait there, floats 0..255, on the device
 
 
 def _feather_mask(h: int, w: int, feather: float) -> torch.Tensor:
@@ -502,8 +507,8 @@ class TganGenerator(FrameGenerator):
         features = self.model.encode_identity(identity)
         rng = torch.Generator().manual_seed(int(seed))
         mask = _feather_mask(box[3], box[2], max(2.0, 0.12 * min(box[2], box[3]))).to(self.device)
-        canvas = torch.from_numpy(np.ascontiguousarray(portrait.rgb)).permute(2, 0, 1).float().to(self.device)
-        return TganStream(portrait, identity, features, rng, box, mask, canvas)
+        canvas = torch.from_numpy(np.ascontiguousarray(portrait.rgb)).permute(2, 0, 1).float()
+        return TganStream(portrait, identity, features, rng, box, mask, canvas.to(self.device))
 
     @torch.no_grad()
     def generate(self, streams: Sequence[TganStream], windows: Sequence[AudioWindow]) -> torch.Tensor:
@@ -548,16 +553,15 @@ class TganGenerator(FrameGenerator):
     def _paste(self, stream: TganStream, crop: torch.Tensor) -> np.ndarray:
         """Resize one crop [3, H, W] to its box and blend it into the portrait with the feathered mask."""
         x, y, w, h = stream.box
+        x0, y0, x1, y1 = stream.region
+        out = np.array(stream.portrait.rgb, dtype=np.uint8, copy=True)
+        if x1 <= x0 or y1 <= y0:
+            return out
         face = F.interpolate(crop.unsqueeze(0).float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-        face = face.add(1.0).mul(127.5)
-        out = stream.canvas.clone()
-        height, width = out.shape[1:]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-        if x1 > x0 and y1 > y0:
-            region = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
-            alpha = stream.mask[:, region[0], region[1]]
-            out[:, y0:y1, x0:x1] = alpha * face[:, region[0], region[1]] + (1 - alpha) * out[:, y0:y1, x0:x1]
-        return out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        face = face[:, y0 - y : y1 - y, x0 - x : x1 - x].add(1.0).mul(127.5)  # [3, rh, rw] 0..255
+        blended = stream.mask * face + (1 - stream.mask) * stream.background
+        out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return out
 
     def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
         if not isinstance(stream, TganStream):
