@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from avatar.config import AppConfig
-from avatar.errors import PortraitError
+from avatar.errors import AvatarError, PortraitError
 from avatar.portrait import Portrait
 from signaling import messages as m
 from signaling.ice import host_addresses
@@ -457,26 +457,33 @@ class SignalingServer:
     async def start(self) -> None:
         self._ice = contextlib.ExitStack()
         self._ice.enter_context(host_addresses(self.config.webrtc.host_addresses))
+        host, port = self.config.server.host, self.config.server.port
         try:
             await self.backend.start()
             limit = self.config.server.max_message_bytes
-            self._server = await serve(
-                self._handle,
-                self.config.server.host,
-                self.config.server.port,
-                process_request=self._process_request,
-                # Frames up to twice the limit are read so the client gets a readable error;
-                # larger ones make websockets close the connection (code 1009) by itself.
-                max_size=2 * limit,
-                max_queue=4,
-                ping_interval=20,
-                ping_timeout=20,
-            )
+            try:
+                self._server = await self._listen(host, port, limit)
+            except OSError as exc:
+                raise AvatarError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         except BaseException:
             await self.backend.aclose()
             self._ice.close()
             raise
         log.info("listening on %s", self.url)
+
+    async def _listen(self, host: str, port: int, limit: int) -> Server:
+        return await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            # Frames up to twice the limit are read so the client gets a readable error;
+            # larger ones make websockets close the connection (code 1009) by itself.
+            max_size=2 * limit,
+            max_queue=4,
+            ping_interval=20,
+            ping_timeout=20,
+        )
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path == "/ws":

@@ -545,3 +545,13 @@ async def test_internal_error_ends_only_that_session(server: SignalingServer, mo
         assert answer["type"] == "answer"
     await _settle(server)
     assert server.active_sessions == 0
+
+
+async def test_port_in_use_is_a_clear_error(server: SignalingServer) -> None:
+    from avatar.errors import AvatarError
+
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    config = with_overrides(server_config(), server={"port": port})
+    other = SignalingServer(config, backend=_backend(config))
+    with pytest.raises(AvatarError, match="cannot listen"):
+        await other.start()
