@@ -4,7 +4,7 @@ Run by tests/test_browser.py inside a network namespace where only `lo` is up (`
 both WebRTC ends can only meet on 127.0.0.1. The server runs in this process (a thread with its own
 event loop); Chromium gets the flags of DESIGN.md section 4 and a fake microphone playing a WAV.
 
-    python tests/browser_check.py --wav SPEECH.wav [--screenshot /tmp/page.png] [--fake]
+    python tests/browser_check.py --wav SPEECH.wav [--screenshot /tmp/page.png]
 """
 
 from __future__ import annotations
@@ -65,21 +65,15 @@ pc.getStats().then((report) => {
 class ServerThread:
     """A SignalingServer on its own event loop in a thread."""
 
-    def __init__(self, config: AppConfig, fake: bool) -> None:
+    def __init__(self, config: AppConfig) -> None:
         self.config = config
-        self.fake = fake
         self.loop = asyncio.new_event_loop()
         self.server: SignalingServer | None = None
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> str:
         self.thread.start()
-        backend = None
-        if self.fake:
-            from fake_backend import FakeBackend
-
-            backend = FakeBackend(self.config)
-        self.server = SignalingServer(self.config, backend=backend)
+        self.server = SignalingServer(self.config)
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(120)
         return self.server.url
 
@@ -137,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warp={"head_motion": 0.0, "breathing": 0.0},
     )
     result: dict[str, Any] = {}
-    server = ServerThread(config, args.fake)
+    server = ServerThread(config)
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
     driver = None
     t0 = time.monotonic()
@@ -231,7 +225,6 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--fake", action="store_true", help="use the test stand-in of the media path")
     args = parser.parse_args()
     import logging
 

@@ -58,8 +58,6 @@ def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
         f" --wav {fake_mic_wav} --screenshot {SCREENSHOT} --seconds 6"
     )
     env = {**os.environ}
-    if os.environ.get("TP_FAKE_MEDIA"):
-        script += " --fake"
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
     )

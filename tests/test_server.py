@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -54,18 +53,10 @@ def server_config() -> AppConfig:
     )
 
 
-def _backend(config: AppConfig):  # type: ignore[no-untyped-def]
-    if os.environ.get("TP_FAKE_MEDIA"):  # developer switch: the stand-in media path
-        from tests.fake_backend import FakeBackend
-
-        return FakeBackend(config)
-    return None
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server() -> AsyncIterator[SignalingServer]:
     config = server_config()
-    srv = SignalingServer(config, backend=_backend(config))
+    srv = SignalingServer(config)
     await srv.start()
     yield srv
     await srv.aclose()
@@ -497,7 +488,7 @@ def _serve_from_the_command_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_shutdown_drains_open_sessions() -> None:
     config = with_overrides(server_config(), server={"token": "", "drain_timeout_s": 3.0})
-    srv = SignalingServer(config, backend=_backend(config))
+    srv = SignalingServer(config)
     await srv.start()
     try:
         async with Client(srv.url) as client:
@@ -552,6 +543,6 @@ async def test_port_in_use_is_a_clear_error(server: SignalingServer) -> None:
 
     port = int(server.url.rstrip("/").rsplit(":", 1)[1])
     config = with_overrides(server_config(), server={"port": port})
-    other = SignalingServer(config, backend=_backend(config))
+    other = SignalingServer(config)
     with pytest.raises(AvatarError, match="cannot listen"):
         await other.start()
