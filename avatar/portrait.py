@@ -53,8 +53,9 @@ _MAX_LANDMARKS_JSON_BYTES = 1_000_000
 _RELATIVE_SCORE = 0.5  # faces scoring under this share of the best detection are ignored
 _NO_FACE = (
     "no face found in the image: use a photo or painting of one person looking roughly at the camera, "
-    "with the face clearly visible, or give its 68 landmarks in a JSON file beside the image"
+    "with the face clearly visible"
 )
+_NO_FACE_FILE_HINT = ", or give its 68 landmarks in a JSON file beside the image (<name>.landmarks.json)"
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,12 @@ def load_portrait(
         _check_inside(given, width, height, what)
         points = given
     else:
-        points = detect_landmarks(rgb)
+        try:
+            points = detect_landmarks(rgb)
+        except PortraitError as exc:
+            if isinstance(source, str | Path):  # a file on disk can have landmarks beside it; an upload cannot
+                raise PortraitError(f"{exc}{_NO_FACE_FILE_HINT}") from None
+            raise
     result = align_portrait(name, rgb, points, portrait, video)
     log.debug(
         "portrait %r: %dx%d source, landmarks from %s, %.3f s",

@@ -270,10 +270,14 @@ def test_file_over_max_bytes_is_refused(astronaut_png: Path) -> None:
 # --- faces ----------------------------------------------------------------------------------------
 
 
-def test_no_face_in_a_landscape_or_noise() -> None:
+def test_no_face_in_a_landscape_or_noise(tmp_path: Path) -> None:
     coffee = _encode(Image.fromarray(data.coffee()), "PNG")
-    with pytest.raises(PortraitError, match="no face found in the image"):
+    with pytest.raises(PortraitError, match="no face found in the image") as uploaded:
         load_portrait(coffee, PORTRAIT, VIDEO)
+    assert "JSON" not in str(uploaded.value)  # an upload has no file beside it: no such advice
+    (tmp_path / "coffee.png").write_bytes(coffee)
+    with pytest.raises(PortraitError, match="landmarks.json"):  # a file on disk can have one
+        load_portrait(tmp_path / "coffee.png", PORTRAIT, VIDEO)
     noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     with pytest.raises(PortraitError, match="no face found in the image"):
         load_portrait(_encode(Image.fromarray(noise), "PNG"), PORTRAIT, VIDEO)
