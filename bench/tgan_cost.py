@@ -55,6 +55,25 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int, warmup: i
     return min(times)
 
 
+def step_flops(tgan: TganConfig) -> dict[str, float]:
+    """GFLOP of one streamed frame and of the identity encoding (once per stream): load-independent."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = TganModel(tgan).eval()
+    identity = torch.zeros(1, 3, tgan.height_px, tgan.width_px)
+    with torch.no_grad():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            features = model.encode_identity(identity)
+        identity_flops = counter.get_total_flops()
+        audio_hidden, noise_hidden = model.initial_hidden(1, torch.device("cpu"))
+        windows = torch.zeros(1, AppConfig().windows.total_samples)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model.step(identity, features, audio_hidden, noise_hidden, windows, torch.zeros(1, tgan.noise_features))
+    return {"frame_gflop": counter.get_total_flops() / 1e9, "identity_gflop": identity_flops / 1e9}
+
+
 def bench_size(
     height: int, width: int, device: torch.device, repeat: int, batch: int, frames: int, batches: list[int]
 ) -> dict[str, object]:
@@ -66,6 +85,7 @@ def bench_size(
         generator=GeneratorConfig(device=str(device)),
     )
     result: dict[str, object] = {"size": f"{height}x{width}", "params": describe(TganModel(tgan))}
+    result.update(step_flops(tgan))
 
     # One training step on random data of the right shapes.
     state = new_training_state(config, device)
@@ -137,6 +157,9 @@ def main() -> int:
             f"\n{r['size']}: {params['total'] / 1e6:.2f} M parameters "
             f"(identity {params['identity_encoder'] / 1e6:.2f} M, audio {params['audio_encoder'] / 1e6:.2f} M, "
             f"decoder {params['decoder'] / 1e6:.2f} M)"
+        )
+        print(
+            f"  one frame: {r['frame_gflop']:.2f} GFLOP; identity encoding per stream: {r['identity_gflop']:.2f} GFLOP"
         )
         print(f"  training step ({r['train_batch']} clips x frames): {r['train_step_s']:.3f} s")
         streaming = r["streaming"]
