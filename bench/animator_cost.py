@@ -34,15 +34,23 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", action="append", help="cpu, cuda, ... (default: cpu and cuda if present)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+",
+        help="torch intra-op threads to try on the CPU (default: 1 and torch's default)",
+    )
     args = parser.parse_args()
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    default_threads = torch.get_num_threads()
+    thread_counts = args.threads or sorted({1, default_threads})
 
     with tempfile.TemporaryDirectory() as tmp:
         samples = load_audio_file(synthesize_speech(DEMO_SENTENCE, Path(tmp) / "speech.wav"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices {devices}")
+    print(f"torch {torch.__version__}, default {default_threads} CPU threads, devices {devices}")
     results = []
-    for device_name in devices:
+    runs = [(d, n) for d in devices for n in (thread_counts if d == "cpu" else [default_threads])]
+    for device_name, threads in runs:
         device = torch.device(device_name)
+        torch.set_num_threads(threads)
         for size in args.sizes:
             config = with_overrides(AppConfig(), video={"width_px": size, "height_px": size})
             portrait = load_builtin_portrait("astronaut", config.portrait, config.video)
@@ -65,14 +73,15 @@ def main() -> int:
                     times.append(time.perf_counter() - t0)
                 ms = 1000.0 * np.array(times)
                 row = {
-                    "device": device_name, "size": size, "batch": batch,
+                    "device": device_name, "threads": threads, "size": size, "batch": batch,
                     "ms_per_step_median": round(float(np.median(ms)), 2),
                     "ms_per_step_p90": round(float(np.percentile(ms, 90)), 2),
                     "ms_per_frame": round(float(np.median(ms)) / batch, 2),
                 }
                 results.append(row)
                 print(
-                    f"{device_name:5s} {size}x{size} batch {batch:2d}: {row['ms_per_step_median']:8.2f} ms/step "
+                    f"{device_name:5s} threads {threads} {size}x{size} batch {batch:2d}: "
+                    f"{row['ms_per_step_median']:8.2f} ms/step "
                     f"(p90 {row['ms_per_step_p90']:.2f}), {row['ms_per_frame']:7.2f} ms/frame, "
                     f"{1000.0 / row['ms_per_frame']:6.1f} frames/s"
                 )

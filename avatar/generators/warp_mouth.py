@@ -90,10 +90,12 @@ def mouth_boxes(
     centres: np.ndarray, mouth_widths: np.ndarray, width: int, height: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Integer box origins (B, 2) and one common (w, h) covering every mouth and its widest opening."""
-    w = int(min(width, np.ceil(1.7 * mouth_widths.max())))
-    h = int(min(height, np.ceil(1.35 * mouth_widths.max())))
+    # Inner lips: about +-0.45 mouth widths across (more when spread), from 0.15 above the centre
+    # to 0.15 below it at rest, plus the jaw drop (about 0.17) and head motion when open.
+    w = int(min(width, np.ceil(1.3 * mouth_widths.max()) + 4))
+    h = int(min(height, np.ceil(0.95 * mouth_widths.max()) + 4))
     x0 = np.clip(np.round(centres[:, 0] - w / 2), 0, width - w)
-    y0 = np.clip(np.round(centres[:, 1] - 0.35 * h), 0, height - h)
+    y0 = np.clip(np.round(centres[:, 1] - 0.33 * h), 0, height - h)
     return np.stack([x0, y0], axis=1).astype(np.int64), (w, h)
 
 
@@ -204,7 +206,10 @@ def paint_mouth(
     seam = seam * (0.8 + 0.2 * (1.0 - centre))[:, None, :]
     seam_a = (_smoothstep((press - 0.2) / 0.5) * (1.0 - fade))[:, None]  # (B, 1)
     colour = colour + (seam - colour) * (seam_a / (fade[:, None] + seam_a).clamp_min(1e-6))[:, None, :]
-    alpha = (inside * (fade[:, None] + seam_a))[:, None, :]  # (B, 1, P)
+    # The seam also covers a pixel or two below the inner lower lip (landmarks often sit on the teeth).
+    grow = 1.5 * feather
+    inside_seam = (torch.minimum(torch.minimum(d_up + 0.5 * grow, d_lo + grow), d_side) / feather + 0.5).clamp(0, 1)
+    alpha = (inside * fade[:, None] + inside_seam * seam_a)[:, None, :]  # (B, 1, P)
     colour = colour.reshape(b, 3, bh, bw)
     alpha = alpha.reshape(b, 1, bh, bw)
     for i in range(b):

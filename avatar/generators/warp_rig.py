@@ -48,6 +48,9 @@ BLINK_TRAVEL = 0.8  # share of the eye opening the upper lid travels in a full b
 PRESS_TRAVEL = 0.4  # share of the rest lip gap each lip travels when pressed
 RING_SCALE = 1.0  # the field is untouched inside this ellipse scale ...
 FADE_SCALE = 1.3  # ... and fades to zero at this one
+# The field's region of interest, as a share of the output: the fade ellipse of an aligned portrait
+# (face width about 0.4 of the output) spans about 0.6 x 0.62 of it.
+ROI_FRACTION = (0.68, 0.72)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -128,7 +131,7 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
     # Jaw: chin, lower jaw line and lower lip drop; falls off towards the ears.
     jaw_weights = {3: 0.06, 4: 0.22, 5: 0.48, 6: 0.74, 7: 0.92, 8: 1.0, 9: 0.92, 10: 0.74, 11: 0.48,
                    12: 0.22, 13: 0.06}
-    lower_lip = {55: 0.62, 56: 0.93, 57: 1.0, 58: 0.93, 59: 0.62, 65: 0.9, 66: 1.0, 67: 0.9}
+    lower_lip = {55: 0.5, 56: 0.86, 57: 1.0, 58: 0.86, 59: 0.5, 65: 0.78, 66: 1.0, 67: 0.78}
     corners = {48: 0.3, 54: 0.3, 60: 0.32, 64: 0.32}
     upper_lip = {49: -0.04, 50: -0.08, 51: -0.09, 52: -0.08, 53: -0.04, 61: -0.08, 62: -0.09, 63: -0.08}
     for table in (jaw_weights, lower_lip, corners, upper_lip):
@@ -189,7 +192,10 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
 
 def roi_size(width: int, height: int, field_scale: int) -> tuple[int, int]:
     """(w, h) of the coarse region-of-interest grid; fixed per output size so streams batch."""
-    return (max(4, -(-int(0.8 * width) // field_scale)), max(4, -(-int(0.85 * height) // field_scale)))
+    return (
+        max(8, -(-int(ROI_FRACTION[0] * width) // field_scale)),
+        max(8, -(-int(ROI_FRACTION[1] * height) // field_scale)),
+    )
 
 
 def build_rig(
@@ -211,6 +217,10 @@ def build_rig(
     rho = np.sqrt(((rel @ g.right) / g.axes[0]) ** 2 + ((rel @ g.down) / g.axes[1]) ** 2)
     t = np.clip((FADE_SCALE - rho) / (FADE_SCALE - RING_SCALE), 0.0, 1.0)
     fade = t * t * (3 - 2 * t)
+    # A face too large for the region still fades to zero at its edges (no seam), over 3 cells.
+    edge_x = np.clip(np.minimum(np.arange(w_roi), w_roi - 1 - np.arange(w_roi)) / 3.0, 0.0, 1.0)
+    edge_y = np.clip(np.minimum(np.arange(h_roi), h_roi - 1 - np.arange(h_roi)) / 3.0, 0.0, 1.0)
+    fade = fade * edge_y[:, None] * edge_x[None, :]
     f32 = dict(dtype=torch.float32, device=device)
     return Rig(
         geometry=g,
@@ -225,7 +235,7 @@ def build_rig(
 
 def _tps_kernel(d2: torch.Tensor) -> torch.Tensor:
     """U(r) = r^2 log r^2 from squared distances; 0 at r = 0."""
-    return d2 * torch.log(d2.clamp_min(1e-12))
+    return torch.xlogy(d2, d2)
 
 
 def solve_backward_tps(targets: torch.Tensor, rest: torch.Tensor, scale: float) -> torch.Tensor:
