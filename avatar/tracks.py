@@ -9,8 +9,9 @@ phase follows the timeline so that the frame made for audio window k (audio time
 exactly `k / fps + offset_s`. `recv()` sleeps until the next grid time and never sends early; the
 pts is that time in 1/90000 from the session start, so it grows by exactly 90000 / fps per frame.
 When `recv()` is called later than half a frame after its time (a stalled event loop, a slow
-encoder), the track re-anchors: it sends at once with the current time and continues on the grid
-from there, instead of catching up with a burst of frames. When the timeline re-phases, the next
+encoder), the track re-anchors: the missed grid times are dropped and the next frame goes out at the
+next grid time after now, instead of catching up with a burst of frames (a recv up to half a frame
+late is served at once and the grid kept). When the timeline re-phases, the next
 frame waits for the next grid time at least one frame after the previous one (one longer interval,
 never a shorter one). Each frame is the newest generated frame not ahead of its time; when the
 generator is late the last frame is repeated, and before any frame exists the idle frame is sent.
