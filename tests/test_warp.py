@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def windows_for(cfg: AppConfig, samples: np.ndarray) -> list[AudioWindow]:
     return windower.push(np.asarray(samples, dtype=np.int16)) + windower.flush()
 
 
-def animator(cfg: AppConfig, **warp: float) -> WarpAnimator:
+def animator(cfg: AppConfig, **warp: Any) -> WarpAnimator:
     return WarpAnimator(dataclasses.replace(cfg.warp, **warp), cfg.video, torch.device("cpu"))
 
 
@@ -88,7 +89,7 @@ def box(points: np.ndarray, margin: float, size: int) -> tuple[slice, slice]:
 
 def mouth_box(portrait: Portrait) -> tuple[slice, slice]:
     lm = portrait.landmarks
-    mw = np.linalg.norm(lm[54] - lm[48])
+    mw = float(np.linalg.norm(lm[54] - lm[48]))
     ys, xs = box(lm[48:68], 0.2 * mw, SIZE)
     return slice(ys.start, min(SIZE, ys.stop + int(0.3 * mw))), xs
 
@@ -137,7 +138,7 @@ def test_batch_equals_single_steps(cfg: AppConfig, portrait: Portrait, speech: n
     anim = animator(cfg)
     specs = [(portrait, 1, windows), (portrait, 2, quiet), (shifted, 3, windows)]
     batch_streams = [anim.new_stream(p, seed) for p, seed, _ in specs]
-    batched = [[] for _ in specs]
+    batched: list[list[np.ndarray]] = [[] for _ in specs]
     for k in range(len(windows)):
         outs = anim.step(batch_streams, [w[k] for _, _, w in specs])
         for i, out in enumerate(outs):

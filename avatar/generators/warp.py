@@ -139,22 +139,24 @@ class WarpAnimator(FrameGenerator):
         self.low_h = -(-self.height_px // self.field_scale)
         self.roi_w, self.roi_h = roi_size(self.width_px, self.height_px, self.field_scale)
         self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s)
-        f32 = dict(dtype=torch.float32, device=self.device)
         fs = self.field_scale
         # Coarse grid: pixel centres of each field_scale x field_scale cell, in output pixels.
-        ys = torch.arange(self.low_h, **f32) * fs + 0.5 * (fs - 1)
-        xs = torch.arange(self.low_w, **f32) * fs + 0.5 * (fs - 1)
+        ys = torch.arange(self.low_h, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)
+        xs = torch.arange(self.low_w, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         self._low_grid = torch.stack([gx, gy], dim=-1)  # (h, w, 2)
-        ry = torch.arange(self.roi_h, **f32) * fs
-        rx = torch.arange(self.roi_w, **f32) * fs
+        ry = torch.arange(self.roi_h, dtype=torch.float32, device=self.device) * fs
+        rx = torch.arange(self.roi_w, dtype=torch.float32, device=self.device) * fs
         gy, gx = torch.meshgrid(ry, rx, indexing="ij")
         self._roi_offsets = torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (G, 2)
-        ys = (2.0 * torch.arange(self.height_px, **f32) + 1.0) / self.height_px - 1.0
-        xs = (2.0 * torch.arange(self.width_px, **f32) + 1.0) / self.width_px - 1.0
+        ys = (2.0 * torch.arange(self.height_px, dtype=torch.float32, device=self.device) + 1.0) / self.height_px - 1.0
+        xs = (2.0 * torch.arange(self.width_px, dtype=torch.float32, device=self.device) + 1.0) / self.width_px - 1.0
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         self._identity = torch.stack([gx, gy], dim=-1)  # (H, W, 2), normalised, align_corners=False
         self._last_batch: _Batch | None = None
+
+    def _f32(self, values: object) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values, dtype=np.float32), device=self.device)
 
     # ---- streams ---------------------------------------------------------------------------
     def new_stream(self, portrait: Portrait, seed: int) -> WarpStream:
@@ -189,13 +191,12 @@ class WarpAnimator(FrameGenerator):
         motion.next_blink_frame = max(
             1, round(rng.uniform(0.3, 1.0) * self.config.blink_mean_interval_s * self.fps)
         )
-        f32 = dict(dtype=torch.float32, device=self.device)
         return WarpStream(
             portrait=portrait,
             image=image,
             rig=rig,
-            head_mask=torch.tensor(head_mask, **f32),
-            body_dy=torch.tensor(body_dy, **f32),
+            head_mask=self._f32(head_mask),
+            body_dy=self._f32(body_dy),
             pivot=g.chin + 0.35 * g.face_height * g.down,
             rest_gap=rest_gap,
             teeth_rgb=teeth,
@@ -217,7 +218,7 @@ class WarpAnimator(FrameGenerator):
         if (w, h) != (self.width_px, self.height_px):
             from PIL import Image
 
-            rgb = np.asarray(Image.fromarray(rgb).resize((self.width_px, self.height_px), Image.BICUBIC))
+            rgb = np.asarray(Image.fromarray(rgb).resize((self.width_px, self.height_px), Image.Resampling.BICUBIC))
             landmarks = (landmarks + 0.5) * np.array([self.width_px / w, self.height_px / h]) - 0.5
         return rgb, landmarks
 
@@ -281,7 +282,6 @@ class WarpAnimator(FrameGenerator):
             a is b for a, b in zip(cached.streams, ss, strict=True)
         ):
             return cached
-        f32 = dict(dtype=torch.float32, device=self.device)
         mws = np.array([s.rig.geometry.mouth_width for s in ss])
         origins, box = mouth_boxes(np.stack([s.mouth_centre for s in ss]), mws, self.width_px, self.height_px)
         batch = _Batch(
@@ -294,10 +294,10 @@ class WarpAnimator(FrameGenerator):
             body_dy=torch.stack([s.body_dy for s in ss]),
             images=torch.stack([s.image for s in ss]),
             rest_inner=torch.stack([s.rig.rest[60:68] for s in ss]),
-            rest_gap=torch.tensor([s.rest_gap for s in ss], **f32),
-            mouth_width=torch.tensor(mws, **f32),
-            teeth_rgb=torch.tensor(np.stack([s.teeth_rgb for s in ss]), **f32),
-            real_teeth=torch.tensor([s.real_teeth for s in ss], **f32),
+            rest_gap=self._f32([s.rest_gap for s in ss]),
+            mouth_width=self._f32(mws),
+            teeth_rgb=self._f32(np.stack([s.teeth_rgb for s in ss])),
+            real_teeth=self._f32([s.real_teeth for s in ss]),
             box_origins=origins,
             box_size=box,
         )
@@ -316,8 +316,6 @@ class WarpAnimator(FrameGenerator):
                 raise GeneratorError("step() got a stream that the warp animator did not make")
             ss.append(s)
         b = len(ss)
-        dev = self.device
-        f32 = dict(dtype=torch.float32, device=dev)
         fs, w_px, h_px = self.field_scale, self.width_px, self.height_px
 
         # 1. Drive values (numpy; causal per-stream state).
@@ -348,7 +346,7 @@ class WarpAnimator(FrameGenerator):
         # 2. Control-point targets and the backward thin-plate spline.
         batch = self._batch(ss)
         rest, bases = batch.rest, batch.bases  # (B, N, 2), (B, K, N, 2)
-        drive_t = torch.tensor(drives, **f32)
+        drive_t = self._f32(drives)
         targets = rest + torch.einsum("bk,bknc->bnc", drive_t, bases)
         weights = solve_backward_tps(targets, rest, float(w_px))
 
@@ -371,14 +369,14 @@ class WarpAnimator(FrameGenerator):
             shift = 0.6 * math.sin(pitch) * g.face_height * g.down + 0.45 * math.sin(yaw) * g.face_width * g.right
             affine[i, :, :2] = a
             affine[i, :, 2] = s.pivot + shift - a @ s.pivot
-        fwd = torch.tensor(affine, **f32)
+        fwd = self._f32(affine)
         inv_a = torch.linalg.inv(fwd[:, :, :2])
         low = self._low_grid[None].expand(b, -1, -1, -1)  # (B, h, w, 2)
         head_src = torch.einsum("bij,bhwj->bhwi", inv_a, low - fwd[:, None, None, :, 2])
         mask = batch.head_mask  # (B, h, w, 1)
         src = low + mask * (head_src - low)
         body = batch.body_dy  # (B, h, w)
-        src = src + torch.stack([torch.zeros_like(body), body * torch.tensor(breath, **f32)[:, None, None]], -1)
+        src = src + torch.stack([torch.zeros_like(body), body * self._f32(breath)[:, None, None]], -1)
 
         # 5. Local field read at the head-moved positions, then upsampled as a displacement.
         roi_norm = torch.stack(
@@ -392,7 +390,7 @@ class WarpAnimator(FrameGenerator):
         src = src + local.permute(0, 2, 3, 1)
         disp_low = (src - low).permute(0, 3, 1, 2)  # (B, 2, h, w) pixels
         disp_full = F.interpolate(disp_low, size=(h_px, w_px), mode="bilinear", align_corners=False)
-        scale = torch.tensor([2.0 / w_px, 2.0 / h_px], **f32)
+        scale = self._f32([2.0 / w_px, 2.0 / h_px])
         grid = self._identity[None] + disp_full.permute(0, 2, 3, 1) * scale
         images = batch.images
         frames = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

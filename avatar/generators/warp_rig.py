@@ -221,13 +221,12 @@ def build_rig(
     edge_x = np.clip(np.minimum(np.arange(w_roi), w_roi - 1 - np.arange(w_roi)) / 3.0, 0.0, 1.0)
     edge_y = np.clip(np.minimum(np.arange(h_roi), h_roi - 1 - np.arange(h_roi)) / 3.0, 0.0, 1.0)
     fade = fade * edge_y[:, None] * edge_x[None, :]
-    f32 = dict(dtype=torch.float32, device=device)
     return Rig(
         geometry=g,
-        rest=torch.tensor(rest, **f32),
-        bases=torch.tensor(bases, **f32),
-        roi_origin=torch.tensor(origin, **f32),
-        fade=torch.tensor(fade, **f32),
+        rest=torch.as_tensor(np.asarray(rest, dtype=np.float32), device=device),
+        bases=torch.as_tensor(np.asarray(bases, dtype=np.float32), device=device),
+        roi_origin=torch.as_tensor(np.asarray(origin, dtype=np.float32), device=device),
+        fade=torch.as_tensor(np.asarray(fade, dtype=np.float32), device=device),
     )
 
 
