@@ -13,7 +13,9 @@ The drive, per frame:
   opens the jaw further; strong high-F2 energy (1.8-3.5 kHz, "ee") spreads the lips; a low F1 with
   little high energy ("oo") rounds them; a nasal murmur (energy only below 500 Hz, "m") closes them.
 - gate: nothing opens unless the window is marked speaking or it is loud against the level.
-- smoothing: attack `attack_s` on opening, release `release_s` on closing (faster on closures).
+- press: a nasal murmur also presses the lips together (for portraits whose lips part at rest).
+- smoothing: attack `attack_s` on opening, release `release_s` on closing (at the attack rate on
+  closures and on sudden dips inside speech, the holds of b and p).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class MouthDrive:
     loudness_db: float
     level_db: float
     closure: float  # 0 .. 1, how strongly a nasal murmur closes the lips
-    press: float  # 0 .. 1, lips pressed together (m/b/p: a nasal murmur or a dip inside speech)
+    press: float  # 0 .. 1, lips pressed together (a nasal murmur: m, n)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -148,14 +150,17 @@ class MouthDriver:
         width_target = gate * loudness * np.clip(spread - 0.6 * round_target, -1.0, 1.0)
         round_target = gate * loudness * round_target
 
-        # Lips pressed: a nasal murmur, or a sudden dip inside speech (the hold of a b or p).
-        dip = speaking & (loud < level - 0.85 * _JAW_RANGE_DB) & (jaw > 0.15)
-        press_target = np.maximum(gate * closure, dip.astype(np.float64))
+        # Lips pressed on a nasal murmur (m, n). A sudden dip inside speech (the hold of a b or p,
+        # or a word's end: causally the same) closes the jaw at the attack rate instead, without the
+        # press, so word ends do not flash a seam.
+        dip = speaking & (loud < level - 0.85 * _JAW_RANGE_DB)
+        press_target = gate * closure
         press = press + (press_target - press) * self.a_attack
         press = np.where(press < 1e-3, 0.0, press)
 
         closing = jaw_target < jaw
-        a_jaw = np.where(closing, np.where(press_target > 0.5, self.a_attack, self.a_release), self.a_attack)
+        fast_close = (press_target > 0.5) | dip
+        a_jaw = np.where(closing, np.where(fast_close, self.a_attack, self.a_release), self.a_attack)
         jaw = jaw + (jaw_target - jaw) * a_jaw
         width = width + (width_target - width) * self.a_shape
         rounding = rounding + (round_target - rounding) * self.a_shape
