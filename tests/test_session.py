@@ -7,8 +7,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media_doubles import (
     LOUD_LEVEL,
     REST_LEVEL,
@@ -21,6 +23,7 @@ from media_doubles import (
     wav_to_48k,
 )
 
+from avatar.clock import FakeClock
 from avatar.config import AppConfig, VideoConfig
 from avatar.engine import InferenceEngine
 from avatar.session import AvatarSession
@@ -225,3 +228,69 @@ async def test_a_generator_slower_than_real_time_degrades_without_stalling(small
     assert stats["late_frames"] + stats["expired_windows"] > 0
     assert stats["delay_ms"] > 75  # the budget grew to what the generator needs
     assert depth <= engine.max_pending_per_stream
+
+
+class QueueTrack(MediaStreamTrack):
+    """An input track whose frames arrive when the test puts them (at the fake clock's time)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[av.AudioFrame | None] = asyncio.Queue()
+        self.index = 0
+
+    def put_silence(self, count: int = 1) -> None:
+        for _ in range(count):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
+            frame.sample_rate = 48_000
+            frame.pts = self.index * 960
+            self.index += 1
+            self.queue.put_nowait(frame)
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await self.queue.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+
+async def test_timeline_anchors_re_anchors_late_audio_and_trims_excess_in_silence(
+    small_config: AppConfig, engine: InferenceEngine
+) -> None:
+    clock = FakeClock(start_s=50.0)
+    session = make_session(small_config, engine, "timeline", clock=clock)
+    await session.start()
+    track = QueueTrack()
+    session.attach_audio(track)
+    delay = session.delay_s
+    assert delay == pytest.approx(0.04 + 0.025 + 0.01)  # lookahead + budget + (phase 0 + jitter)
+
+    async def packet(after_s: float, count: int = 1) -> None:
+        await clock.advance(after_s)
+        track.put_silence(count)
+        await asyncio.sleep(0.005)  # the consumer reads it (and the engine steps on its thread)
+
+    await packet(0.02)  # the first packet (input 0..20 ms) arrives at 50.02
+    assert session.timeline.offset_s == pytest.approx(50.02 - 0.02 + delay)
+    for _ in range(20):  # steady packets: headroom stays at the delay, nothing moves
+        await packet(0.02)
+    assert session.stats()["reanchors"] == 0
+    assert session.stats()["latency_ms"] == pytest.approx(delay * 1000, abs=1)
+
+    offset = session.timeline.offset_s
+    await packet(0.06)  # 40 ms late: headroom 35 ms < lookahead + budget / 2
+    assert session.stats()["reanchors"] == 1
+    assert session.timeline.offset_s == pytest.approx(offset + 0.04)  # played 40 ms later from now on
+
+    for _ in range(10):
+        await packet(0.02)
+    offset = session.timeline.offset_s
+    await packet(0.0, count=3)  # a burst with the previous packet: 20, 40 and 60 ms early ...
+    for _ in range(60):  # ... and the next second of quiet packets keeps that 60 ms of excess
+        await packet(0.02)
+    stats = session.stats()
+    assert stats["trims"] >= 1
+    assert session.timeline.offset_s == pytest.approx(offset - 0.06, abs=0.002)  # back to the delay
+    assert stats["latency_ms"] == pytest.approx(delay * 1000, abs=2)
+    await session.aclose()
