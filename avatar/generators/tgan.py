@@ -287,7 +287,10 @@ def face_crop_box(landmarks: np.ndarray, height_px: int, width_px: int) -> tuple
 
 
 def crop_face(rgb: np.ndarray, box: tuple[float, float, float, float], height_px: int, width_px: int) -> np.ndarray:
-    """Crop `box` out of an RGB uint8 image (edges repeated where it leaves it), resized to the model."""
+    """Crop `box` out of an RGB uint8 image (edges repeated where it leaves it), resized to the model.
+
+    Portraits (TganGenerator.new_stream) and training videos (avatar.train.dataset) both go through
+    this function, so the model sees faces prepared one way."""
     from PIL import Image
 
     x, y, w, h = box
@@ -298,12 +301,14 @@ def crop_face(rgb: np.ndarray, box: tuple[float, float, float, float], height_px
         image = Image.fromarray(np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
     else:
         pad = 0
+    # Cut at about the source's own scale, then resize: Image.resize filters (no aliasing) when the
+    # face is much larger than the model's input, which the EXTENT transform alone does not.
+    native = (max(width_px, round(w)), max(height_px, round(h)))
     out = image.transform(
-        (width_px, height_px),
-        Image.Transform.EXTENT,
-        (x + pad, y + pad, x + w + pad, y + h + pad),
-        resample=Image.Resampling.BILINEAR,
+        native, Image.Transform.EXTENT, (x + pad, y + pad, x + w + pad, y + h + pad), resample=Image.Resampling.BILINEAR
     )
+    if native != (width_px, height_px):
+        out = out.resize((width_px, height_px), Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.uint8)
 
 

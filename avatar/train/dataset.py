@@ -33,7 +33,7 @@ from avatar.generators.tgan import crop_face, face_crop_box, to_model_image
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when the preparation of clips changes
 
 
 class DatasetError(AvatarError):
