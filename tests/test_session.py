@@ -279,6 +279,7 @@ async def test_timeline_anchors_re_anchors_late_audio_and_trims_excess_in_silenc
     assert session.stats()["latency_ms"] == pytest.approx(delay * 1000, abs=1)
 
     offset = session.timeline.offset_s
+    assert offset is not None
     await packet(0.06)  # 40 ms late: headroom 35 ms < lookahead + budget / 2
     assert session.stats()["reanchors"] == 1
     assert session.timeline.offset_s == pytest.approx(offset + 0.04)  # played 40 ms later from now on
@@ -286,6 +287,7 @@ async def test_timeline_anchors_re_anchors_late_audio_and_trims_excess_in_silenc
     for _ in range(10):
         await packet(0.02)
     offset = session.timeline.offset_s
+    assert offset is not None
     await packet(0.0, count=3)  # a burst with the previous packet: 20, 40 and 60 ms early ...
     for _ in range(60):  # ... and the next second of quiet packets keeps that 60 ms of excess
         await packet(0.02)
