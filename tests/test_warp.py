@@ -279,3 +279,32 @@ def test_cuda_matches_cpu(cfg: AppConfig, portrait: Portrait, speech: np.ndarray
     a, _ = render(cpu, cpu.new_stream(portrait, 4), windows)
     b, _ = render(gpu, gpu.new_stream(portrait, 4), windows)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_vowel_shapes(small: tuple[AppConfig, Portrait], audio_dir: Path) -> None:
+    """Rounded vowels narrow the lips, spread ones widen them, open ones open the jaw, m presses."""
+    from avatar.speech import synthesize_speech
+
+    cfg, portrait = small
+    anim = animator(cfg)
+    stats = {}
+    for name, text in (("oo", "Who knew? Ooh, you too."), ("ee", "See? Eee, we agree."), ("ah", "Ah, father, ah.")):
+        audio = load_audio_file(synthesize_speech(text, audio_dir / f"shape_{name}.wav"))
+        _, drives = render(anim, anim.new_stream(portrait, seed=0), windows_for(cfg, audio))
+        active = [d for d in drives if d["jaw"] > 0.1]
+        stats[name] = {k: float(np.mean([d[k] for d in active])) for k in ("jaw", "width", "rounding")}
+    assert stats["oo"]["rounding"] > 0.3 > stats["ee"]["rounding"], stats
+    assert stats["ee"]["width"] > 0.3 > stats["oo"]["width"], stats
+    assert stats["ah"]["jaw"] > stats["oo"]["jaw"] and stats["ah"]["jaw"] > stats["ee"]["jaw"], stats
+    audio = load_audio_file(synthesize_speech("Mmm, mama, mmm.", audio_dir / "shape_mm.wav"))
+    _, drives = render(anim, anim.new_stream(portrait, seed=0), windows_for(cfg, audio))
+    assert max(d["press"] for d in drives) > 0.5
+
+
+def test_non_square_output_and_resized_portrait(config: AppConfig, portrait: Portrait, speech: np.ndarray) -> None:
+    cfg = with_overrides(config, video={"width_px": 192, "height_px": 128})
+    anim = WarpAnimator(cfg.warp, cfg.video, torch.device("cpu"))
+    stream = anim.new_stream(portrait, seed=0)  # a 256 x 256 portrait: resized to the output
+    frames, drives = render(anim, stream, windows_for(cfg, speech)[20:35])
+    assert frames.shape[1:] == (128, 192, 3)
+    assert max(d["jaw"] for d in drives) > 0.3
