@@ -393,10 +393,10 @@ class WarpAnimator(FrameGenerator):
         )
         local = F.grid_sample(field_roi, roi_norm, mode="bilinear", padding_mode="zeros", align_corners=True)
         src = src + local.permute(0, 2, 3, 1)
-        disp_low = (src - low).permute(0, 3, 1, 2)  # (B, 2, h, w) pixels
+        # (B, 2, h, w) in grid_sample's normalised units (the upsampling is linear: scale first)
+        disp_low = ((src - low) * self._f32([2.0 / w_px, 2.0 / h_px])).permute(0, 3, 1, 2)
         disp_full = F.interpolate(disp_low, size=(h_px, w_px), mode="bilinear", align_corners=False)
-        scale = self._f32([2.0 / w_px, 2.0 / h_px])
-        grid = self._identity[None] + disp_full.permute(0, 2, 3, 1) * scale
+        grid = disp_full.permute(0, 2, 3, 1) + self._identity
         images = batch.images
         frames = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -417,7 +417,7 @@ class WarpAnimator(FrameGenerator):
             drive_t[:, BASIS_PRESS],
         )
 
-        rgb = (frames.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        rgb = frames.mul_(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = []
         for i, s in enumerate(ss):
             drive = {

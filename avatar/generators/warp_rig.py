@@ -264,9 +264,12 @@ def eval_tps(weights: torch.Tensor, targets: torch.Tensor, points: torch.Tensor,
     n = targets.shape[1]
     p = targets / scale
     q = points / scale
-    # |q - p|^2 via one matrix product: (B, G, N)
-    d2 = (q * q).sum(-1, keepdim=True) + (p * p).sum(-1)[:, None, :] - 2.0 * q @ p.transpose(1, 2)
-    u = _tps_kernel(d2.clamp_min(0.0))
-    ones = torch.ones(q.shape[0], q.shape[1], 1, dtype=q.dtype, device=q.device)
-    disp = u @ weights[:, :n] + torch.cat([ones, q], dim=-1) @ weights[:, n:]
+    # |q - p|^2 = [q, |q|^2, 1] . [-2p, 1, |p|^2]: one batched product, (B, G, N)
+    ones_q = torch.ones(q.shape[0], q.shape[1], 1, dtype=q.dtype, device=q.device)
+    ones_p = torch.ones(p.shape[0], p.shape[1], 1, dtype=p.dtype, device=p.device)
+    q_aug = torch.cat([q, (q * q).sum(-1, keepdim=True), ones_q], dim=-1)  # (B, G, 4)
+    p_aug = torch.cat([-2.0 * p, ones_p, (p * p).sum(-1, keepdim=True)], dim=-1)  # (B, N, 4)
+    d2 = torch.bmm(q_aug, p_aug.transpose(1, 2)).clamp_min_(0.0)
+    u = _tps_kernel(d2)
+    disp = torch.baddbmm(torch.cat([ones_q, q], dim=-1) @ weights[:, n:], u, weights[:, :n])
     return disp * scale
