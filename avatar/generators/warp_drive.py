@@ -136,8 +136,10 @@ class MouthDriver:
         level = np.where(down, level + (loud - level) * self.a_level_down, level)
         level = np.clip(level, _LEVEL_MIN_DB, 0.0)
 
-            # Loudness against the level: 0 at level - range, 1 at the level and above.
-        loudness = _smoothstep((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB)
+        # Loudness against the level: 0 at level - range, 1 at the level and above; a soft knee
+        # so syllables inside a loud stretch still move the jaw.
+        x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
+        loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
         # Vowel shape from band shares (dB of the 100-5000 Hz energy).
         openness = _smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
         spread = _smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
