@@ -97,6 +97,7 @@ class GeneratorConfig:
     device: str = "auto"
     seed: int = 0
     checkpoint: str = ""
+    cpu_threads: int = 1
 
     def __post_init__(self) -> None:
         _check(self.name in ("warp", "tgan"), "generator.name", "must be 'warp' or 'tgan'")
@@ -105,6 +106,7 @@ class GeneratorConfig:
             "generator.device",
             "must be 'auto', 'cpu' or 'cuda[:N]'",
         )
+        _check(0 <= self.cpu_threads <= 256, "generator.cpu_threads", "must be in 0..256 (0: torch's default)")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from avatar.config import AppConfig
 from avatar.errors import GeneratorError
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream, resolve_device
@@ -12,6 +14,9 @@ __all__ = ["FrameGenerator", "GeneratedFrame", "GeneratorStream", "load_generato
 def load_generator(config: AppConfig) -> FrameGenerator:
     """Build the generator named in config.generator, once per process, on its device."""
     device = resolve_device(config.generator)
+    if device.type == "cpu" and config.generator.cpu_threads:
+        # Process-wide, so it is set here, where the one generator of the process is loaded.
+        torch.set_num_threads(config.generator.cpu_threads)
     if config.generator.name == "warp":
         from avatar.generators.warp import WarpAnimator
 

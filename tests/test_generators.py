@@ -1,0 +1,34 @@
+"""Loading a generator: device choice and the CPU thread setting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avatar.config import AppConfig, with_overrides
+from avatar.errors import DeviceError, GeneratorError
+from avatar.generators import load_generator, resolve_device
+
+
+def test_cpu_threads_are_set_where_the_generator_is_loaded() -> None:
+    before = torch.get_num_threads()
+    try:
+        generator = load_generator(with_overrides(AppConfig(), generator={"device": "cpu", "cpu_threads": 1}))
+        assert generator.device.type == "cpu"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given when no GPU is present")
+def test_asking_for_cuda_without_one_is_a_clear_error() -> None:
+    config = with_overrides(AppConfig(), generator={"device": "cuda"})
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        resolve_device(config.generator)
+    assert resolve_device(AppConfig().generator).type == "cpu"
+
+
+def test_tgan_without_a_checkpoint_is_a_clear_error() -> None:
+    config = with_overrides(AppConfig(), generator={"name": "tgan", "device": "cpu"})
+    with pytest.raises(GeneratorError, match="checkpoint"):
+        load_generator(config)
