@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
+from av.audio.stream import AudioStream
+from av.video.stream import VideoStream
 from tqdm import tqdm
 
 from avatar.audio import load_audio_file
@@ -53,9 +56,9 @@ def iter_windows(samples: np.ndarray, config: AppConfig) -> Iterator[AudioWindow
 def _decoded_audio_frames(path: Path) -> Iterator[av.AudioFrame]:
     """The original file's audio, as float planar frames at its own rate (mono or stereo) for AAC."""
     with av.open(str(path)) as container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
-        if stream is None:
+        if not container.streams.audio:
             raise AudioError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
         layout = "mono" if stream.codec_context.channels == 1 else "stereo"
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=stream.codec_context.sample_rate)
         for frame in container.decode(stream):
@@ -71,8 +74,9 @@ class _Muxer:
         self._container = av.open(str(out_path), mode="w")
         fps = config.video.fps
         self._fps = fps
-        self._video = self._container.add_stream(
-            config.render.video_codec, rate=fps, options={"crf": str(config.render.crf)}
+        self._video = cast(
+            VideoStream,
+            self._container.add_stream(config.render.video_codec, rate=fps, options={"crf": str(config.render.crf)}),
         )
         self._video.width = config.video.width_px
         self._video.height = config.video.height_px
@@ -83,7 +87,9 @@ class _Muxer:
         self._pending_audio = first
         rate = first.sample_rate if first is not None else SAMPLE_RATE_HZ
         layout = first.layout.name if first is not None else "mono"
-        self._audio = self._container.add_stream(config.render.audio_codec, rate=rate, layout=layout)
+        self._audio = cast(
+            AudioStream, self._container.add_stream(config.render.audio_codec, rate=rate, layout=layout)
+        )
         self._audio.bit_rate = config.render.audio_bitrate_bps
         # AAC takes frames of exactly frame_size samples; this FIFO re-chunks the decoded audio.
         self._fifo = av.AudioFifo()
