@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level != "DEBUG":
+        # Libraries that log every HTTP request or ICE check at INFO: keep their warnings only.
+        for chatty in ("websockets", "aioice", "aiortc"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval}
     try:
         return handlers[args.command](args)
