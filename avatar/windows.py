@@ -18,6 +18,12 @@ from avatar.errors import AudioError
 from avatar.vad import SpeechState, VoiceActivityDetector
 
 
+def frame_sample_index(k: np.ndarray | int, fps: int) -> np.ndarray:
+    """The 16 kHz sample index of frame k's time, round(k * 16000 / fps), in integer arithmetic
+    (no ties occur for fps <= 60); works on one index or an array of them."""
+    return (2 * np.asarray(k, dtype=np.int64) * SAMPLE_RATE_HZ + fps) // (2 * fps)
+
+
 @dataclass(frozen=True)
 class AudioWindow:
     frame_index: int
@@ -75,8 +81,8 @@ class AudioWindower:
         return len(self._vad_states)
 
     def frame_sample_index(self, k: int) -> int:
-        """round(k * SAMPLE_RATE_HZ / fps) in integer arithmetic (no ties occur for fps <= 60)."""
-        return (2 * k * SAMPLE_RATE_HZ + self.fps) // (2 * self.fps)
+        """The sample index of frame k's time (see the module-level frame_sample_index)."""
+        return int(frame_sample_index(k, self.fps))
 
     def _window_end(self, k: int) -> int:
         return self.frame_sample_index(k) + self.window.lookahead_samples

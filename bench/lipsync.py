@@ -28,32 +28,12 @@ import torch
 from avatar.audio import load_audio_file
 from avatar.config import AppConfig, with_overrides
 from avatar.generators.warp import WarpAnimator
+from avatar.lipsync import audio_envelope, lagged_corr
 from avatar.portrait import load_builtin_portrait
 from avatar.speech import DEMO_SENTENCE, synthesize_speech
 from avatar.windows import AudioWindower
 
 DARK_LUMA = 60.0
-
-
-def envelope(samples: np.ndarray, n_frames: int, fps: int) -> np.ndarray:
-    x = samples.astype(np.float64) / 32768.0
-    out = np.zeros(n_frames)
-    for k in range(n_frames):
-        c = round(k * 16000 / fps)
-        seg = x[max(0, c - 320) : c + 320]
-        out[k] = np.sqrt(np.mean(seg**2)) if seg.size else 0.0
-    return out
-
-
-def lagged_corr(opening: np.ndarray, env: np.ndarray, lag: int) -> float:
-    """corr(opening[k], env[k - lag]): lag > 0 means the mouth follows the sound."""
-    if lag > 0:
-        a, b = opening[lag:], env[:-lag]
-    elif lag < 0:
-        a, b = opening[:lag], env[-lag:]
-    else:
-        a, b = opening, env
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def contact_sheet(frames: list[np.ndarray], labels: list[str], path: Path, cols: int = 4) -> None:
@@ -111,7 +91,7 @@ def main() -> int:
     )
     opening_frac = opening / idle_dark.size
 
-    env = envelope(samples, len(frames), fps)
+    env = audio_envelope(samples, len(frames), fps, window_s=0.04)
     corr = {lag: lagged_corr(opening, env, lag) for lag in range(-3, 4)}
     best = max(corr, key=lambda k: corr[k])
     silent = env < 1e-3

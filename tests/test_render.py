@@ -14,6 +14,7 @@ import pytest
 from avatar.audio import load_audio_file
 from avatar.config import SAMPLE_RATE_HZ, AppConfig, with_overrides
 from avatar.errors import AudioError
+from avatar.lipsync import audio_envelope
 from avatar.portrait import default_portrait
 from avatar.render import render_file
 
@@ -45,12 +46,6 @@ def mouth_change(frames: list[np.ndarray], box: tuple[int, int, int, int]) -> np
     return np.array([np.abs(f[y0:y1, x0:x1].astype(np.float32) - rest).mean() for f in frames])
 
 
-def speech_envelope(samples: np.ndarray, fps: int, frames: int) -> np.ndarray:
-    hop = SAMPLE_RATE_HZ // fps
-    padded = np.pad(samples.astype(np.float32), (0, frames * hop))
-    return np.array([np.sqrt(np.mean(padded[k * hop : (k + 1) * hop] ** 2)) for k in range(frames)])
-
-
 def test_render_speech(small_config: AppConfig, speech_wav: Path, tmp_path: Path) -> None:
     out = tmp_path / "speech.mp4"
     result = render_file(small_config, audio_path=speech_wav, out_path=out, progress=False)
@@ -71,7 +66,7 @@ def test_render_speech(small_config: AppConfig, speech_wav: Path, tmp_path: Path
     frames = decode_frames(out)
     assert len(frames) == expected_frames
     change = mouth_change(frames, mouth_box(small_config))
-    envelope = speech_envelope(samples, fps, len(frames))
+    envelope = audio_envelope(samples, len(frames), fps)
     speaking = envelope > 0.1 * envelope.max()
     lead_silence = slice(0, int(0.4 * fps))  # the fixture starts with 0.5 s of silence
     assert not speaking[lead_silence].any()

@@ -15,6 +15,7 @@ from skimage.metrics import structural_similarity
 from avatar.audio import load_audio_file
 from avatar.config import AppConfig, WarpConfig, with_overrides
 from avatar.generators.warp import WarpAnimator, WarpStream
+from avatar.lipsync import audio_envelope
 from avatar.portrait import Portrait, load_builtin_portrait
 from avatar.windows import AudioWindow, AudioWindower
 
@@ -68,17 +69,6 @@ def render(anim: WarpAnimator, stream: WarpStream, windows: list[AudioWindow]) -
         frames.append(out.rgb)
         drives.append(dict(out.drive))
     return np.stack(frames), drives
-
-
-def envelope(samples: np.ndarray, n_frames: int, fps: int) -> np.ndarray:
-    """RMS of 40 ms around each frame time."""
-    x = samples.astype(np.float64) / 32768.0
-    out = np.zeros(n_frames)
-    for k in range(n_frames):
-        c = round(k * 16000 / fps)
-        seg = x[max(0, c - 320) : c + 320]
-        out[k] = np.sqrt(np.mean(seg**2)) if seg.size else 0.0
-    return out
 
 
 def box(points: np.ndarray, margin: float, size: int) -> tuple[slice, slice]:
@@ -188,7 +178,7 @@ def test_jaw_follows_speech_envelope(small: tuple[AppConfig, Portrait], speech: 
     anim = animator(cfg)
     _, drives = render(anim, anim.new_stream(portrait, seed=0), windows)
     jaw = np.array([d["jaw"] for d in drives])
-    env = envelope(speech, len(jaw), cfg.video.fps)
+    env = audio_envelope(speech, len(jaw), cfg.video.fps, window_s=0.04)
     assert np.corrcoef(jaw, env)[0, 1] > 0.6
     assert jaw[:10].max() == 0.0  # silence before the sentence: closed
     assert jaw.max() > 0.8
@@ -209,7 +199,7 @@ def test_quiet_and_clipped_speech_still_animate(
     ):
         _, drives = render(anim, anim.new_stream(portrait, seed=0), windows_for(cfg, audio))
         jaws[name] = np.array([d["jaw"] for d in drives])
-    env = envelope(speech, len(jaws["normal"]), cfg.video.fps)
+    env = audio_envelope(speech, len(jaws["normal"]), cfg.video.fps, window_s=0.04)
     speaking = env > 0.01
     for name in ("quiet", "clipped"):
         jaw = jaws[name][: len(env)]

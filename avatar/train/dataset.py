@@ -29,6 +29,7 @@ import torch
 from avatar.config import SAMPLE_RATE_HZ, TganConfig, WindowConfig
 from avatar.errors import AvatarError
 from avatar.generators.tgan import crop_face, face_crop_box, to_model_image
+from avatar.windows import frame_sample_index
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,6 @@ def split_videos(videos: list[Path], data_dir: Path, holdout_fraction: float) ->
     n_holdout = min(max(1, round(holdout_fraction * len(videos))), len(videos) - 1)
     holdout = set(ranked[:n_holdout])
     return [v for v in videos if v not in holdout], [v for v in videos if v in holdout]
-
-
-def frame_sample_index(k: np.ndarray | int, fps: int) -> np.ndarray:
-    """round(k * 16000 / fps) in integer arithmetic, as AudioWindower.frame_sample_index."""
-    return (2 * np.asarray(k, dtype=np.int64) * SAMPLE_RATE_HZ + fps) // (2 * fps)
 
 
 def cut_windows(audio: np.ndarray, frames: np.ndarray, fps: int, windows: WindowConfig) -> np.ndarray:
