@@ -15,12 +15,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from avatar.config import GeneratorConfig
-from avatar.errors import DeviceError
+from avatar.errors import DeviceError, GeneratorError
 from avatar.portrait import Portrait
 from avatar.windows import AudioWindow
 
@@ -60,6 +61,21 @@ class FrameGenerator(abc.ABC):
     @abc.abstractmethod
     def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
         """A frame to show before the first step (the portrait at rest); RGB uint8 (H, W, 3)."""
+
+
+StreamT = TypeVar("StreamT", bound=GeneratorStream)
+
+
+def checked_streams(
+    streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow], stream_type: type[StreamT], generator: str
+) -> list[StreamT]:
+    """The arguments of a step, checked: one window per stream, and every stream made by this generator."""
+    if len(streams) != len(windows):
+        raise GeneratorError(f"{generator} step got {len(streams)} streams but {len(windows)} audio windows")
+    own = [s for s in streams if isinstance(s, stream_type)]
+    if len(own) != len(streams):
+        raise GeneratorError(f"{generator} step got a stream that another generator made")
+    return own
 
 
 def resolve_device(config: GeneratorConfig) -> torch.device:

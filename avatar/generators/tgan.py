@@ -39,7 +39,7 @@ from torch import nn
 
 from avatar.config import AppConfig, TganConfig, VideoConfig, WindowConfig
 from avatar.errors import CheckpointError, GeneratorError
-from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
+from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream, checked_streams
 from avatar.portrait import Portrait
 from avatar.windows import AudioWindow
 
@@ -545,13 +545,9 @@ class TganGenerator(FrameGenerator):
 
     @torch.no_grad()
     def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
-        if len(streams) != len(windows):
-            raise GeneratorError(f"step got {len(streams)} streams but {len(windows)} windows")
-        if not streams:
+        tgan_streams = checked_streams(streams, windows, TganStream, self.name)
+        if not tgan_streams:
             return []
-        tgan_streams = [s for s in streams if isinstance(s, TganStream)]
-        if len(tgan_streams) != len(streams):
-            raise GeneratorError("step got a stream that this tgan generator did not make")
         crops = self.generate(tgan_streams, windows)
         return [GeneratedFrame(rgb=self._paste(stream, crop)) for stream, crop in zip(tgan_streams, crops, strict=True)]
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from avatar.config import VideoConfig, WarpConfig
 from avatar.errors import GeneratorError
-from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
+from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream, checked_streams
 from avatar.generators.warp_drive import MouthDriver, MouthDriveState
 from avatar.generators.warp_mouth import mouth_boxes, paint_mouth
 from avatar.generators.warp_rig import (
@@ -311,15 +311,9 @@ class WarpAnimator(FrameGenerator):
 
     @torch.inference_mode()
     def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
-        if len(streams) != len(windows):
-            raise GeneratorError(f"{len(streams)} streams but {len(windows)} audio windows")
-        if not streams:
+        ss = checked_streams(streams, windows, WarpStream, self.name)
+        if not ss:
             return []
-        ss: list[WarpStream] = []
-        for s in streams:
-            if not isinstance(s, WarpStream):
-                raise GeneratorError("step() got a stream that the warp animator did not make")
-            ss.append(s)
         b = len(ss)
         fs, w_px, h_px = self.field_scale, self.width_px, self.height_px
 
