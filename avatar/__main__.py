@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an optional portrait image (default: the configured built-in) and an audio file",
     )
     render.add_argument("--say", help="speak this text with espeak-ng instead of reading an audio file")
+    render.add_argument(
+        "--record", type=float, metavar="SECONDS", help="record this long from the microphone instead"
+    )
     render.add_argument("-o", "--output", type=Path, required=True, help="output video file (.mp4)")
     render.add_argument("--landmarks", type=Path, help="JSON file of 68 (x, y) landmarks for the portrait")
     render.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -101,13 +104,17 @@ def _render(args: argparse.Namespace) -> int:
     from avatar.render import render_file
 
     inputs: list[Path] = [Path(p) for p in args.inputs]
-    if args.say is not None:
+    if args.say is not None and args.record is not None:
+        raise AvatarError("give --say or --record, not both")
+    if args.say is not None or args.record is not None:
         if len(inputs) > 1:
-            raise AvatarError("with --say, give at most one input: the portrait")
+            raise AvatarError("with --say or --record, give at most one input: the portrait")
         portrait, audio = (inputs[0] if inputs else None), None
     else:
         if not 1 <= len(inputs) <= 2:
-            raise AvatarError("give an audio file (optionally preceded by a portrait image), or --say TEXT")
+            raise AvatarError(
+                "give an audio file (optionally preceded by a portrait image), --say TEXT or --record SECONDS"
+            )
         portrait, audio = (inputs[0], inputs[1]) if len(inputs) == 2 else (None, inputs[0])
     result = render_file(
         _config(args),
@@ -116,6 +123,7 @@ def _render(args: argparse.Namespace) -> int:
         portrait_path=portrait,
         landmarks_path=args.landmarks,
         say=args.say,
+        record_s=args.record,
         progress=not args.no_progress,
     )
     log.info("wrote %s: %d frames, %.2f s", result.out_path, result.frames, result.duration_s)

@@ -26,6 +26,7 @@ from avatar.audio import load_audio_file
 from avatar.config import SAMPLE_RATE_HZ, AppConfig
 from avatar.errors import AudioError
 from avatar.generators import load_generator
+from avatar.microphone import record_microphone
 from avatar.portrait import default_portrait, load_portrait
 from avatar.speech import synthesize_speech
 from avatar.windows import AudioWindow, AudioWindower
@@ -136,14 +137,18 @@ def render_file(
     portrait_path: Path | None = None,
     landmarks_path: Path | None = None,
     say: str | None = None,
+    record_s: float | None = None,
     progress: bool = True,
 ) -> RenderResult:
-    """Render `audio_path` (or `say`, spoken with espeak-ng) on a portrait into `out_path`."""
+    """Render `audio_path` (or `say`, spoken with espeak-ng, or `record_s` seconds recorded from the
+    microphone) on a portrait into `out_path`."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="avatar-render-") as tmp:
         if say is not None:
             audio_path = synthesize_speech(say, Path(tmp) / "say.wav")
+        elif record_s is not None:
+            audio_path = record_microphone(record_s, Path(tmp) / "recorded.wav")
         if audio_path is None:
             raise AudioError("no audio: give an audio file or text to say")
         audio_path = Path(audio_path)

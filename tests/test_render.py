@@ -120,3 +120,22 @@ def test_cli_render_reports_bad_input(tmp_path: Path) -> None:
     )
     assert completed.returncode == 2
     assert "error" in completed.stderr and "missing.wav" in completed.stderr
+
+
+def test_recording_without_a_microphone_is_a_clear_error(tmp_path: Path) -> None:
+    from avatar.errors import DeviceError
+    from avatar.microphone import default_input_device
+
+    try:
+        name = default_input_device()
+    except DeviceError:
+        name = None
+    if name is not None:
+        pytest.skip(f"this machine has a microphone ({name}); the test checks the error without one")
+    completed = subprocess.run(
+        [sys.executable, "-m", "avatar", "render", "--record", "2", "-o", str(tmp_path / "o.mp4")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 2
+    assert "cannot use the microphone" in completed.stderr
+    assert not (tmp_path / "o.mp4").exists()
