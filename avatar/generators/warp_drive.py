@@ -5,13 +5,25 @@ window's lookahead). Per stream state (smoothed drive values, automatic gain) li
 `MouthDriveState`; `mouth_drive` advances many streams at once with numpy.
 
 The drive, per frame:
-- loudness: RMS in dBFS of the audio around t_k (20 ms before, up to 20 ms after).
+- loudness: RMS in dBFS of the audio from 20 ms before t_k to 40 ms after it (as far as the
+  default lookahead reaches). Reaching the whole lookahead is a latency choice: the session's delay
+  pays for all of it, and a window ending at t_k + 20 ms left half unused, so an onset in the last
+  20 ms of a lookahead waited a frame. Measured with a window ending at t_k + 20 ms against this one
+  (both with the FFT below): onset -> first open frame, over onset phases, 41 -> 22 ms mean and
+  65 -> 43 ms p95 (drive only, espeak "pa"); bench/latency.py --spacing 1.21 (onset phases cycle)
+  p50 125 -> 111 ms and 146 -> 124 ms in runs of the same packet phase, mouth - voice +17 -> -3 ms;
+  the jaw's lag behind the speech envelope went from about +11 ms to about 0 (bench/lipsync.py:
+  pixel correlation at lag 0 0.71 -> 0.73, at -1/+1 0.51/0.66 -> 0.63/0.61), the attack and
+  release smoothing's lag being what the extra reach makes up. With the bench's default spacing
+  (1.2 s, every onset at one phase) the open frame happens to be the same either way.
 - automatic gain: a slow-tracking speech level per stream (rises fast towards loud frames, falls
   slowly while speech goes on), so quiet and loud speakers both animate; the jaw opens by how
   close the loudness is to that level, over `_JAW_RANGE_DB`. Clipped audio only saturates the level.
-- spectral shape from one 32 ms FFT: the share of energy around F1 of open vowels (500-1200 Hz)
-  opens the jaw further; strong high-F2 energy (1.8-3.5 kHz, "ee") spreads the lips; a low F1 with
-  little high energy ("oo") rounds them; a nasal murmur (energy only below 500 Hz, "m") closes them.
+- spectral shape from one 32 ms FFT ending where the loudness window ends (t_k + 8..40 ms; the
+  60 ms smoothing of the lip shapes lags more than that): the share of energy around F1 of open
+  vowels (500-1200 Hz) opens the jaw further; strong high-F2 energy (1.8-3.5 kHz, "ee") spreads the
+  lips; a low F1 with little high energy ("oo") rounds them; a nasal murmur (energy only below
+  500 Hz, "m") closes them.
 - gate: nothing opens unless the window is marked speaking or it is loud against the level.
 - press: a nasal murmur also presses the lips together (for portraits whose lips part at rest).
 - smoothing: attack `attack_s` on opening, release `release_s` on closing (at the attack rate on
@@ -29,7 +41,8 @@ import numpy as np
 from avatar.config import SAMPLE_RATE_HZ
 
 _FFT_SIZE = 512  # 32 ms at 16 kHz
-_RMS_HALF_S = 0.02  # loudness window: t_k - 20 ms .. t_k + 20 ms (as far as the lookahead reaches)
+_RMS_PAST_S = 0.02  # loudness window: t_k - 20 ms ..
+_AHEAD_S = 0.04  # .. t_k + 40 ms, as far as the lookahead reaches (also where the FFT ends)
 _FLOOR_DB = -58.0  # below this nothing opens, whatever the gain
 _LEVEL_INIT_DB = -26.0  # starting guess of a stream's speech level
 _LEVEL_MIN_DB = -55.0
@@ -96,13 +109,13 @@ class MouthDriver:
         """Loudness (B,) in dBFS and band shares (B, 4) in dB, from windows (B, T) with t_k at `past`."""
         samples = samples.astype(np.float64, copy=False)
         n_total = samples.shape[1]
-        half = round(_RMS_HALF_S * SAMPLE_RATE_HZ)
-        lo, hi = max(0, past - half), min(n_total, past + half)
+        back, ahead = round(_RMS_PAST_S * SAMPLE_RATE_HZ), round(_AHEAD_S * SAMPLE_RATE_HZ)
+        lo, hi = max(0, past - back), min(n_total, past + ahead)
         if hi <= lo:  # no lookahead and no past: nothing to measure
-            lo, hi = max(0, n_total - 2 * half), n_total
+            lo, hi = max(0, n_total - back - ahead), n_total
         rms = np.sqrt(np.mean(samples[:, lo:hi] ** 2, axis=1))
         loud = 20.0 * np.log10(rms + _EPS)
-        end = min(n_total, past + _FFT_SIZE // 2)
+        end = hi
         start = end - _FFT_SIZE
         if start < 0:
             seg = np.zeros((samples.shape[0], _FFT_SIZE))
