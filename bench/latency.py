@@ -461,7 +461,10 @@ def main() -> None:
     parser.add_argument("--generator", default="warp", choices=["warp", "loudness"],
                         help="in-process only: the configured animator, or the tests' loudness double")
     parser.add_argument("--onsets", type=int, default=12)
-    parser.add_argument("--spacing", type=float, default=1.2, help="seconds between onsets")
+    parser.add_argument(
+        "--spacing", type=float, default=1.21,
+        help="seconds between onsets; not a multiple of the frame period, so they fall at every phase of the grid",
+    )
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--size", type=int, default=256, help="video width and height")
     parser.add_argument("--client-prefetch", type=int, default=0,
