@@ -183,7 +183,7 @@ def test_cli_train_then_eval(faces_dir: Path, tmp_path: Path, capsys: pytest.Cap
 
 @pytest.mark.slow
 def test_overfit_one_clip_reproduces_it(one_face_dir: Path, tmp_path: Path) -> None:
-    """About 100 steps on one 1.6 s clip, reconstruction only (the critics are covered above).
+    """About 200 steps on one 1.6 s clip, reconstruction only (the critics are covered above).
 
     Threshold: copying the identity frame into every frame already scores about 22 dB here (only the
     mouth and the blinks move), so PSNR alone proves little. The model must beat that copy by 3 dB
@@ -191,11 +191,11 @@ def test_overfit_one_clip_reproduces_it(one_face_dir: Path, tmp_path: Path) -> N
     the copy has none); the real clip measures about 0.95.
     """
     config = tiny_config(
-        steps=100,
+        steps=200,  # 100 steps ended at 25-28 dB depending on torch's thread count; 200 reach about 30 dB
         batch_size=4,
         clip_frames=8,
         holdout_fraction=0.0,
-        checkpoint_every=100,
+        checkpoint_every=200,
         log_every=50,
         frame_adv_weight=0.0,
         sequence_adv_weight=0.0,
