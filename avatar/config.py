@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,40 +255,32 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
         return tuple(value)
-    if isinstance(annotation, types.UnionType):  # pragma: no cover - no such fields yet
-        raise ConfigError(f"{key}: unsupported field type")
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
-def _build_section(cls: type[Any], name: str, values: Any) -> Any:
+def _updated_section(current: Any, name: str, values: Any) -> Any:
+    """`current` (one section's dataclass) with the keys in `values` replaced, checked and validated."""
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(type(current))
+    known = {f.name for f in dataclasses.fields(current)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"[{name}] has unknown key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    kwargs = {key: _coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()}
-    return cls(**kwargs)
+    # replace() runs __post_init__ again, so the merged section is validated as a whole.
+    return dataclasses.replace(
+        current, **{key: _coerce(value, hints[key], f"{name}.{key}") for key, value in values.items()}
+    )
 
 
 def config_from_dict(data: dict[str, Any], base: AppConfig | None = None) -> AppConfig:
     """Build an AppConfig from a TOML-like dict; sections and keys not given keep `base`'s values."""
     base = base or AppConfig()
-    hints = typing.get_type_hints(AppConfig)
     sections = {f.name for f in dataclasses.fields(AppConfig)}
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(unknown)}; known: {', '.join(sorted(sections))}")
-    changes: dict[str, Any] = {}
-    for name, values in data.items():
-        current = getattr(base, name)
-        merged = {**dataclasses.asdict(current), **values} if isinstance(values, dict) else values
-        # asdict turns tuples into lists; _coerce turns them back.
-        merged = {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()} if isinstance(
-            merged, dict
-        ) else merged
-        changes[name] = _build_section(hints[name], name, merged)
+    changes = {name: _updated_section(getattr(base, name), name, values) for name, values in data.items()}
     return dataclasses.replace(base, **changes)
 
 
