@@ -29,13 +29,9 @@ from avatar.generators import load_generator
 from avatar.microphone import record_microphone
 from avatar.portrait import default_portrait, load_portrait
 from avatar.speech import synthesize_speech
-from avatar.windows import AudioWindow, AudioWindower
+from avatar.windows import iter_clip_windows
 
 log = logging.getLogger(__name__)
-
-CHUNK_S = 0.02
-"""Audio is pushed into the chain in chunks of this length, like WebRTC's 20 ms packets."""
-
 
 @dataclass(frozen=True)
 class RenderResult:
@@ -43,15 +39,6 @@ class RenderResult:
     frames: int
     duration_s: float
     drives: list[dict[str, float]]
-
-
-def iter_windows(samples: np.ndarray, config: AppConfig) -> Iterator[AudioWindow]:
-    """Every video frame's window for a whole 16 kHz mono clip, produced the streaming way."""
-    windower = AudioWindower(config.windows, config.vad, config.video.fps)
-    chunk = round(CHUNK_S * SAMPLE_RATE_HZ)
-    for start in range(0, len(samples), chunk):
-        yield from windower.push(samples[start : start + chunk])
-    yield from windower.flush()
 
 
 def _decoded_audio_frames(path: Path) -> Iterator[av.AudioFrame]:
@@ -168,17 +155,15 @@ def render_file(
         )
         muxer = _Muxer(out_path, config, audio_path)
         drives: list[dict[str, float]] = []
-        frames = 0
         try:
             with tqdm(total=total_frames, unit="frame", disable=not progress, desc="render") as bar:
-                for window in iter_windows(samples, config):
+                for window in iter_clip_windows(samples, config.windows, config.vad, config.video.fps):
                     generated = generator.step([stream], [window])[0]
                     muxer.write_video(generated.rgb, window.frame_index)
                     drives.append(dict(generated.drive))
-                    frames += 1
                     bar.update(1)
         finally:
             muxer.close()
     return RenderResult(
-        out_path=out_path, frames=frames, duration_s=frames / config.video.fps, drives=drives
+        out_path=out_path, frames=len(drives), duration_s=len(drives) / config.video.fps, drives=drives
     )

@@ -8,6 +8,7 @@ the lookahead is the only delay the chain adds. Audio before the stream began re
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,3 +153,17 @@ class AudioWindower:
         while self._vad_base < keep_vad and self._vad_states:
             self._vad_states.popleft()
             self._vad_base += 1
+
+
+CLIP_CHUNK_S = 0.02
+"""A whole clip is pushed in chunks of this length, like WebRTC's 20 ms packets."""
+
+
+def iter_clip_windows(samples: np.ndarray, window: WindowConfig, vad: VadConfig, fps: int) -> Iterator[AudioWindow]:
+    """Every video frame's window of a whole 16 kHz mono int16 clip, made the streaming way (pushed
+    in 20 ms chunks, then flushed), lazily, so a long clip never holds all its windows at once."""
+    windower = AudioWindower(window, vad, fps)
+    chunk = round(CLIP_CHUNK_S * SAMPLE_RATE_HZ)
+    for start in range(0, len(samples), chunk):
+        yield from windower.push(samples[start : start + chunk])
+    yield from windower.flush()

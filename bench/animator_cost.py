@@ -25,7 +25,7 @@ from avatar.config import AppConfig, with_overrides
 from avatar.generators.warp import WarpAnimator
 from avatar.portrait import load_builtin_portrait
 from avatar.speech import DEMO_SENTENCE, synthesize_speech
-from avatar.windows import AudioWindower
+from avatar.windows import iter_clip_windows
 
 
 def main() -> int:
@@ -54,8 +54,7 @@ def main() -> int:
         for size in args.sizes:
             config = with_overrides(AppConfig(), video={"width_px": size, "height_px": size})
             portrait = load_builtin_portrait("astronaut", config.portrait, config.video)
-            windower = AudioWindower(config.windows, config.vad, config.video.fps)
-            windows = windower.push(samples) + windower.flush()
+            windows = list(iter_clip_windows(samples, config.windows, config.vad, config.video.fps))
             windows = windows[len(windows) // 10 :]  # skip the leading silence
             animator = WarpAnimator(config.warp, config.video, device)
             for batch in args.batches:

@@ -31,7 +31,7 @@ from avatar.generators.warp import WarpAnimator
 from avatar.lipsync import audio_envelope, lagged_corr
 from avatar.portrait import load_builtin_portrait
 from avatar.speech import DEMO_SENTENCE, synthesize_speech
-from avatar.windows import AudioWindower
+from avatar.windows import iter_clip_windows
 
 DARK_LUMA = 60.0
 
@@ -66,8 +66,7 @@ def main() -> int:
     portrait = load_builtin_portrait("astronaut", config.portrait, config.video)
     with tempfile.TemporaryDirectory() as tmp:
         samples = load_audio_file(synthesize_speech(args.text, Path(tmp) / "speech.wav"))
-    windower = AudioWindower(config.windows, config.vad, fps)
-    windows = windower.push(samples) + windower.flush()
+    windows = list(iter_clip_windows(samples, config.windows, config.vad, fps))
 
     animator = WarpAnimator(config.warp, config.video, torch.device(args.device))
     stream = animator.new_stream(portrait, args.seed)

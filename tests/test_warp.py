@@ -17,7 +17,7 @@ from avatar.config import AppConfig, WarpConfig, with_overrides
 from avatar.generators.warp import WarpAnimator, WarpStream
 from avatar.lipsync import audio_envelope
 from avatar.portrait import Portrait, load_builtin_portrait
-from avatar.windows import AudioWindow, AudioWindower
+from avatar.windows import AudioWindow, AudioWindower, iter_clip_windows
 
 SIZE = 256
 
@@ -54,8 +54,7 @@ def speech(speech_wav: Path) -> np.ndarray:
 
 
 def windows_for(cfg: AppConfig, samples: np.ndarray) -> list[AudioWindow]:
-    windower = AudioWindower(cfg.windows, cfg.vad, cfg.video.fps)
-    return windower.push(np.asarray(samples, dtype=np.int16)) + windower.flush()
+    return list(iter_clip_windows(np.asarray(samples, dtype=np.int16), cfg.windows, cfg.vad, cfg.video.fps))
 
 
 def animator(cfg: AppConfig, **warp: Any) -> WarpAnimator:

@@ -7,7 +7,7 @@ import pytest
 from avatar.audio import load_audio_file
 from avatar.config import SAMPLE_RATE_HZ, VadConfig, WindowConfig
 from avatar.errors import AudioError
-from avatar.windows import AudioWindow, AudioWindower
+from avatar.windows import AudioWindow, AudioWindower, iter_clip_windows
 
 WINDOW = WindowConfig(window_s=0.2, lookahead_s=0.04)
 VAD = VadConfig()
@@ -97,6 +97,7 @@ def test_chunking_does_not_change_windows(seed: int, speech: np.ndarray) -> None
     whole = run_chunks(speech, [])
     assert same(run_chunks(speech, random_sizes(len(speech), seed)), whole)
     assert same(run_chunks(speech, [1] * 1000 + [7] * 300), whole)
+    assert same(list(iter_clip_windows(speech, WINDOW, VAD, 25)), whole)
 
 
 def test_causal(speech: np.ndarray) -> None:
