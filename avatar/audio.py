@@ -35,7 +35,8 @@ class AudioNormalizer:
     old resampler is drained and a new one takes over, so no sample is lost and nothing raises.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rate_hz: int = SAMPLE_RATE_HZ) -> None:
+        self.rate_hz = rate_hz  # the chain's 16 kHz; the delayed voice uses this at 48 kHz
         self._resampler: av.AudioResampler | None = None
         self._input_key: tuple[str, str, int] | None = None
 
@@ -45,7 +46,7 @@ class AudioNormalizer:
         drained = _EMPTY
         if key != self._input_key:
             drained = self.flush()
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate_hz)
             self._input_key = key
         assert self._resampler is not None
         try:

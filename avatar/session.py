@@ -65,23 +65,20 @@ import collections
 import functools
 import logging
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from avatar.audio import AudioNormalizer
 from avatar.clock import Clock, SessionClock
 from avatar.config import SAMPLE_RATE_HZ, AppConfig
 from avatar.engine import EngineClosed, EngineHandle, EngineOverloaded, InferenceEngine
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
 from avatar.portrait import Portrait
 from avatar.tracks import AUDIO_RATE_HZ, AvatarVideoTrack, DelayedAudioTrack, FrameStore, MediaTimeline
-from avatar.windows import AudioWindow
-
-if TYPE_CHECKING:  # the audio edge and the windower are built lazily (see _build_audio_chain)
-    from avatar.audio import AudioNormalizer
-    from avatar.windows import AudioWindower
+from avatar.windows import AudioWindow, AudioWindower, frame_sample_index
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +94,8 @@ def packet_phase_s(config: AppConfig, packet_s: float = 0.02) -> float:
     """The longest a window waits, after its last sample, for the 20 ms packet that completes it."""
     fps, lookahead = config.video.fps, config.windows.lookahead_samples
     packet = round(packet_s * SAMPLE_RATE_HZ)
-    worst = 0
-    for k in range(fps):  # the pattern repeats every second
-        end = (2 * k * SAMPLE_RATE_HZ + fps) // (2 * fps) + lookahead
-        worst = max(worst, -end % packet)
-    return worst / SAMPLE_RATE_HZ
+    ends = frame_sample_index(np.arange(fps), fps) + lookahead  # the pattern repeats every second
+    return int((-ends % packet).max()) / SAMPLE_RATE_HZ
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -127,8 +121,6 @@ class AvatarSession:
         generation_budget_s: float = 0.025,
         margin_s: float | None = None,
         gap_s: float = 0.25,
-        normalizer: AudioNormalizer | None = None,
-        windower: AudioWindower | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -143,8 +135,9 @@ class AvatarSession:
         self.generation_budget_s = generation_budget_s
         self.margin_s = margin_s if margin_s is not None else packet_phase_s(config) + _JITTER_MARGIN_S
         self.gap_s = gap_s
-        self._normalizer = normalizer
-        self._windower = windower
+        self._normalizer = AudioNormalizer()  # the chain's 16 kHz
+        self._normalizer48 = AudioNormalizer(AUDIO_RATE_HZ)  # the voice to send back
+        self._windower = AudioWindower(config.windows, config.vad, self.fps)
 
         self.timeline = MediaTimeline(self.fps)
         self.store = FrameStore(portrait.rgb)
@@ -158,7 +151,6 @@ class AvatarSession:
         self._consumer: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._futures: dict[asyncio.Future[GeneratedFrame], int] = {}  # -> window index
-        self._resampler48: av.AudioResampler | None = None
 
         # Input timeline and counters.
         self._pos48 = 0  # input samples (48 kHz) received or filled so far
@@ -197,21 +189,10 @@ class AvatarSession:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _build_audio_chain(self) -> None:
-        if self._normalizer is None:
-            from avatar.audio import AudioNormalizer
-
-            self._normalizer = AudioNormalizer()
-        if self._windower is None:
-            from avatar.windows import AudioWindower
-
-            self._windower = AudioWindower(self.config.windows, self.config.vad, self.fps)
-
     async def start(self) -> None:
         """Make the generator stream, register with the engine, start both tracks' clock; once."""
         if self._started.is_set() or self._closed:
             return
-        self._build_audio_chain()
         if not self.engine.warmed:
             # A generator's first steps are slow (allocations, caches). Spent here on a throwaway
             # stream, they are not mistaken for its pace by this session's delay or the engine's stats.
@@ -297,16 +278,9 @@ class AvatarSession:
             self.ended.set()
         self.log.info("input audio ended")
 
-    def _to_48k_mono(self, frame: av.AudioFrame) -> np.ndarray:
-        if self._resampler48 is None:
-            self._resampler48 = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE_HZ)
-        parts = [f.to_ndarray().reshape(-1) for f in self._resampler48.resample(frame)]
-        return np.concatenate(parts).astype(np.int16, copy=False) if parts else np.zeros(0, np.int16)
-
     def _on_audio(self, frame: av.AudioFrame) -> None:
         now = self.clock.now_s()
-        samples48 = self._to_48k_mono(frame)
-        assert self._normalizer is not None
+        samples48 = self._normalizer48.push_frame(frame)
         pcm16 = self._normalizer.push_frame(frame)
         if not self._primed and pcm16.size:
             # The 16 kHz resampler holds back a few samples (its filter delay), so the windower
@@ -362,7 +336,6 @@ class AvatarSession:
         self._headroom_s = None
 
     def _feed_windows(self, pcm16: np.ndarray) -> None:
-        assert self._windower is not None
         if pcm16.size == 0:
             return
         for window in self._windower.push(pcm16):
