@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from avatar.generators.warp_rig import (
     build_rig,
     eval_tps,
     roi_size,
+    smoothstep,
     solve_backward_tps,
 )
 from avatar.portrait import Portrait
@@ -89,7 +90,6 @@ class _Motion:
 class WarpStream(GeneratorStream):
     """Per-session state of the warp animator."""
 
-    portrait: Portrait
     image: torch.Tensor  # (3, H, W) float in [0, 1] on the device
     rig: Rig
     head_mask: torch.Tensor  # (h, w) coarse face-and-hair mask, 1 on the head
@@ -102,7 +102,6 @@ class WarpStream(GeneratorStream):
     mouth: MouthDriveState
     motion: _Motion
     frame_index: int = 0
-    last_drive: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,11 +123,6 @@ class _Batch:
     real_teeth: torch.Tensor  # (B,)
     box_origins: np.ndarray  # (B, 2) int
     box_size: tuple[int, int]
-
-
-def _smoothstep_np(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 class WarpAnimator(FrameGenerator):
@@ -177,9 +171,9 @@ class WarpAnimator(FrameGenerator):
         axes = np.array([1.45 * g.axes[0], 1.35 * g.axes[1]])
         rel = low - centre
         rho = np.sqrt(((rel @ g.right) / axes[0]) ** 2 + ((rel @ g.down) / axes[1]) ** 2)
-        head_mask = 1.0 - _smoothstep_np((rho - 0.8) / 0.4)
+        head_mask = 1.0 - smoothstep((rho - 0.8) / 0.4)
         # Breathing: a vertical scale of everything below the chin about the bottom edge.
-        below_chin = _smoothstep_np((low[..., 1] - (g.chin[1] + 0.1 * g.face_height)) / (0.12 * h))
+        below_chin = smoothstep((low[..., 1] - (g.chin[1] + 0.1 * g.face_height)) / (0.12 * h))
         body_dy = below_chin * (1.0 - head_mask) * (h - 1 - low[..., 1])
 
         rest_gap = max(0.0, float((landmarks[66] - landmarks[62]) @ g.down))
@@ -197,7 +191,6 @@ class WarpAnimator(FrameGenerator):
             1, round(rng.uniform(0.3, 1.0) * self.config.blink_mean_interval_s * self.fps)
         )
         return WarpStream(
-            portrait=portrait,
             image=image,
             rig=rig,
             head_mask=self._f32(head_mask),
@@ -428,7 +421,6 @@ class WarpAnimator(FrameGenerator):
                 "gain_db": -mouth[i].level_db,
                 "closure": mouth[i].closure,
             }
-            s.last_drive = drive
             s.frame_index += 1
             out.append(GeneratedFrame(rgb=rgb[i], drive=drive))
         return out

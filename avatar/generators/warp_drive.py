@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.config import SAMPLE_RATE_HZ
+from avatar.generators.warp_rig import smoothstep
 
 _FFT_SIZE = 512  # 32 ms at 16 kHz
 _RMS_PAST_S = 0.02  # loudness window: t_k - 20 ms ..
@@ -75,11 +76,6 @@ class MouthDrive:
     level_db: float
     closure: float  # 0 .. 1, how strongly a nasal murmur closes the lips
     press: float  # 0 .. 1, lips pressed together (a nasal murmur: m, n)
-
-
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
 
 
 def _alpha(dt: float, tau: float) -> float:
@@ -154,10 +150,10 @@ class MouthDriver:
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
         # Vowel shape from band shares (dB of the 100-5000 Hz energy).
-        openness = _smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
-        spread = _smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
-        low_f1 = _smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
-        closure = _smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
+        openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
+        spread = smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
+        low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
+        closure = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
         round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
 
         gate = active.astype(np.float64)

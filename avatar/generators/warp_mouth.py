@@ -76,7 +76,8 @@ class _MouthFrame:
         self.uu = torch.cummax(self.uu, dim=1).values
         self.ul = torch.cummax(self.ul, dim=1).values
         self.u_first = torch.minimum(self.uu[:, :1], self.ul[:, :1])
-        self.span = (torch.maximum(self.uu[:, -1:], self.ul[:, -1:]) - self.u_first).clamp_min(1.0)
+        self.u_last = torch.maximum(self.uu[:, -1:], self.ul[:, -1:])
+        self.span = (self.u_last - self.u_first).clamp_min(1.0)
 
     def to_local(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rel = p - self.origin[:, None, :]
@@ -142,8 +143,7 @@ def paint_mouth(
 
     v_up = _interp_monotone(u, uu, vu)
     v_lo = _interp_monotone(u, ul, vl)
-    u_first = torch.minimum(uu[:, :1], ul[:, :1])
-    u_last = torch.maximum(uu[:, -1:], ul[:, -1:])
+    u_first, u_last, span = frame_now.u_first, frame_now.u_last, frame_now.span
     d_up, d_lo = v - v_up, v_lo - v
     d_side = torch.minimum(u - u_first, u_last - u)
     inside = (torch.minimum(torch.minimum(d_up, d_lo), d_side) / feather + 0.5).clamp(0.0, 1.0)
@@ -155,7 +155,6 @@ def paint_mouth(
     opening = gap_centre - rest_gap
     fade = (opening / (1.5 + 0.4 * rest_gap)).clamp(0.0, 1.0)  # (B,)
 
-    span = (u_last - u_first).clamp_min(1.0)
     s = ((u - u_first) / span).clamp(0.0, 1.0)
     centre = 1.0 - (2.0 * s - 1.0) ** 2  # 1 in the middle, 0 at the corners
     gap = (v_lo - v_up).clamp_min(0.0)

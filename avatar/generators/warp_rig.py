@@ -21,16 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Landmark groups (iBUG 300-W, 0-based).
-JAW = list(range(0, 17))
+# Landmark groups (iBUG 300-W, 0-based): jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, lips 48-67.
 BROWS = list(range(17, 27))
-NOSE = list(range(27, 36))
-LEFT_EYE = list(range(36, 42))  # image left
-RIGHT_EYE = list(range(42, 48))
-OUTER_LIPS = list(range(48, 60))
-INNER_LIPS = list(range(60, 68))
-INNER_UPPER = [60, 61, 62, 63, 64]
-INNER_LOWER = [60, 67, 66, 65, 64]
+
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    """0 below 0, 1 above 1, a smooth S between (3x^2 - 2x^3)."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
 
 # Order of the drive bases.
 BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS = range(6)
@@ -215,8 +213,7 @@ def build_rig(
     gx, gy = np.meshgrid(xs, ys)
     rel = np.stack([gx - g.centre[0], gy - g.centre[1]], axis=-1)
     rho = np.sqrt(((rel @ g.right) / g.axes[0]) ** 2 + ((rel @ g.down) / g.axes[1]) ** 2)
-    t = np.clip((FADE_SCALE - rho) / (FADE_SCALE - RING_SCALE), 0.0, 1.0)
-    fade = t * t * (3 - 2 * t)
+    fade = smoothstep((FADE_SCALE - rho) / (FADE_SCALE - RING_SCALE))
     # A face too large for the region still fades to zero at its edges (no seam), over 3 cells.
     edge_x = np.clip(np.minimum(np.arange(w_roi), w_roi - 1 - np.arange(w_roi)) / 3.0, 0.0, 1.0)
     edge_y = np.clip(np.minimum(np.arange(h_roi), h_roi - 1 - np.arange(h_roi)) / 3.0, 0.0, 1.0)
