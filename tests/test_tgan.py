@@ -93,6 +93,10 @@ def test_streaming_equals_offline(model: TganModel, speech: np.ndarray) -> None:
         )
         streamed.append(frame)
     torch.testing.assert_close(torch.stack(streamed, dim=1), offline, atol=1e-5, rtol=1e-4)
+    # In chunks with the states carried over (as `avatar eval` makes long clips): the same frames.
+    first, audio_hidden, noise_hidden = model.decode_clip(identity, features, windows[:, :7], noise[:, :7])
+    rest, _, _ = model.decode_clip(identity, features, windows[:, 7:], noise[:, 7:], audio_hidden, noise_hidden)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), offline, atol=1e-5, rtol=1e-4)
 
 
 @torch.no_grad()

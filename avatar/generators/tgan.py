@@ -220,14 +220,26 @@ class TganModel(nn.Module):
 
     def forward_clip(self, identity: torch.Tensor, windows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Offline: identity [B, 3, H, W], windows [B, T, S], noise [B, T, Nz] -> frames [B, T, 3, H, W]."""
+        return self.decode_clip(identity, self.encode_identity(identity), windows, noise)[0]
+
+    def decode_clip(
+        self,
+        identity: torch.Tensor,
+        features: list[torch.Tensor],
+        windows: torch.Tensor,
+        noise: torch.Tensor,
+        audio_hidden: torch.Tensor | None = None,
+        noise_hidden: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward_clip on encoded identity features, continuing from recurrent states (None: the
+        start), so a long clip can be made chunk by chunk: (frames [B, T, 3, H, W], audio_h, noise_h)."""
         b, t = windows.shape[:2]
-        features = self.encode_identity(identity)
-        z_audio, _ = self.audio_encoder(windows)  # [B, T, Hd]
-        z_noise, _ = self.noise_generator(noise)  # [B, T, Nz]
+        z_audio, audio_hidden = self.audio_encoder(windows, audio_hidden)  # [B, T, Hd]
+        z_noise, noise_hidden = self.noise_generator(noise, noise_hidden)  # [B, T, Nz]
         latent = torch.cat([z_audio, z_noise], dim=-1).reshape(b * t, -1)
         repeat = [f.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, *f.shape[1:]) for f in [identity, *features]]
         frames = self.decoder(latent, repeat[0], repeat[1:])
-        return frames.view(b, t, 3, *frames.shape[-2:])
+        return frames.view(b, t, 3, *frames.shape[-2:]), audio_hidden, noise_hidden
 
     def step(
         self,

@@ -27,7 +27,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from avatar.config import AppConfig
 from avatar.generators.base import resolve_device
-from avatar.generators.tgan import draw_noise, from_model_image, load_tgan, to_model_image
+from avatar.generators.tgan import TganModel, draw_noise, from_model_image, load_tgan, to_model_image
 from avatar.lipsync import audio_envelope, count_blinks, eye_darkness, lip_sync, mouth_opening
 from avatar.train.dataset import Clip, TalkingFaces, clip_windows
 
@@ -37,7 +37,7 @@ CHUNK_FRAMES = 250  # frames generated per forward pass (keeps memory bounded on
 
 
 @torch.no_grad()
-def generate_clip(model: Any, clip: Clip, config: AppConfig, device: torch.device, seed: int) -> np.ndarray:
+def generate_clip(model: TganModel, clip: Clip, config: AppConfig, device: torch.device, seed: int) -> np.ndarray:
     """The model's frames for a whole clip from its first frame: [T, H, W, 3] uint8."""
     windows = torch.from_numpy(clip_windows(clip, config.windows))
     rng = torch.Generator().manual_seed(seed)
@@ -50,12 +50,8 @@ def generate_clip(model: Any, clip: Clip, config: AppConfig, device: torch.devic
     for start in range(0, clip.num_frames, CHUNK_FRAMES):
         w = windows[start : start + CHUNK_FRAMES].unsqueeze(0).to(device)
         n = noise[start : start + CHUNK_FRAMES].unsqueeze(0).to(device)
-        z_audio, audio_hidden = model.audio_encoder(w, audio_hidden)
-        z_noise, noise_hidden = model.noise_generator(n, noise_hidden)
-        latent = torch.cat([z_audio, z_noise], dim=-1)[0]
-        t = latent.shape[0]
-        frames = model.decoder(latent, identity.expand(t, -1, -1, -1), [f.expand(t, -1, -1, -1) for f in features])
-        out.append(from_model_image(frames))
+        frames, audio_hidden, noise_hidden = model.decode_clip(identity, features, w, n, audio_hidden, noise_hidden)
+        out.append(from_model_image(frames[0]))
     return np.concatenate(out)
 
 
