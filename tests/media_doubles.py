@@ -160,34 +160,30 @@ class Recorder:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def _set_prefetch(receiver: Any, prefetch: int) -> None:
-    from signaling.peer import set_audio_jitter_prefetch
+async def connect_in_process(session: Any, source: MediaStreamTrack) -> tuple[Any, Any]:
+    """A client RTCPeerConnection and the server's own Peer (signaling/peer.py) on loopback,
+    offer/answer in-process, without the websocket in between.
 
-    set_audio_jitter_prefetch(receiver, prefetch)
-
-
-async def connect_in_process(session: Any, source: MediaStreamTrack, *, prefetch: int = 0) -> tuple[Any, Any]:
-    """A client and a server RTCPeerConnection on loopback, offer/answer in-process.
-
-    The client sends `source` (sendrecv when the session returns audio) and receives video; the
-    server side attaches the session's tracks the way signaling/peer.py does. Both audio receivers
-    hold `prefetch` packets (aiortc's default is 4). Returns (client_pc, server_pc).
+    The client sends `source` (sendrecv) and receives video; the server's Peer attaches `session`.
+    Both audio receivers release packets on arrival (prefetch 0, the server's default).
+    Returns (client_pc, server_peer).
     """
-    from aiortc import RTCPeerConnection
+    from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    client, server = RTCPeerConnection(), RTCPeerConnection()
+    from avatar.config import WebRtcConfig
+    from signaling.peer import Peer, set_audio_jitter_prefetch
+
+    client = RTCPeerConnection()
     client.addTrack(source)
     client.addTransceiver("video", direction="recvonly")
     await client.setLocalDescription(await client.createOffer())
-    await server.setRemoteDescription(client.localDescription)
-    audio = next(t for t in server.getTransceivers() if t.kind == "audio")
-    _set_prefetch(audio.receiver, prefetch)
-    server.addTrack(session.video_track)
-    if session.audio_track is not None:
-        server.addTrack(session.audio_track)
-    session.attach_audio(audio.receiver.track)
-    await server.setLocalDescription(await server.createAnswer())
+
+    async def use_session(return_audio: bool) -> Any:
+        return session
+
+    server = Peer(WebRtcConfig(audio_jitter_prefetch=0), "test")
+    answer = await server.negotiate(client.localDescription.sdp, use_session)
     client_audio = next(t for t in client.getTransceivers() if t.kind == "audio")
-    _set_prefetch(client_audio.receiver, prefetch)
-    await client.setRemoteDescription(server.localDescription)
+    set_audio_jitter_prefetch(client_audio.receiver, 0)
+    await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     return client, server

@@ -83,7 +83,7 @@ async def test_speech_through_real_peers_moves_the_face_and_comes_back(
     finally:
         await session.aclose()
         await client.close()
-        await server.close()
+        await server.aclose()
         for recorder in (video_in, audio_in):
             if recorder is not None:
                 await recorder.aclose()
