@@ -21,6 +21,7 @@ nose 27-35, eyes 36-47, outer lips 48-59, inner lips 60-67. dlib is then not use
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -520,6 +521,14 @@ def load_builtin_portrait(name: str, portrait: PortraitConfig, video: VideoConfi
             f"unknown built-in portrait {name!r}; "
             f"the built-in portraits are: {', '.join(builtin_portrait_names())}"
         )
+    aligned = _aligned_builtin(name, portrait, video)
+    # Each caller gets its own arrays: one session scribbling on its portrait does not touch another's.
+    return dataclasses.replace(aligned, rgb=aligned.rgb.copy(), landmarks=aligned.landmarks.copy())
+
+
+@functools.cache
+def _aligned_builtin(name: str, portrait: PortraitConfig, video: VideoConfig) -> Portrait:
+    """A built-in portrait cropped for one output size, once per process (the crop costs ~0.1 s)."""
     rgb, points = _builtin_source(name)
     return align_portrait(name, rgb, points, portrait, video)
 

@@ -143,9 +143,9 @@ def test_unknown_builtin_lists_the_names() -> None:
 
 def test_builtin_detection_is_cached_and_results_are_independent() -> None:
     first = load_builtin_portrait("astronaut", PORTRAIT, VIDEO)
-    hits = portrait_module._builtin_source.cache_info().hits
+    hits = portrait_module._aligned_builtin.cache_info().hits
     second = load_builtin_portrait("astronaut", PORTRAIT, VIDEO)
-    assert portrait_module._builtin_source.cache_info().hits == hits + 1
+    assert portrait_module._aligned_builtin.cache_info().hits == hits + 1
     np.testing.assert_array_equal(first.rgb, second.rgb)
     first.rgb[:] = 0  # one session scribbling on its portrait does not touch another's
     assert second.rgb.any()
