@@ -295,7 +295,8 @@ def read_landmarks_json(path: Path) -> np.ndarray:
     return parse_landmarks(value, f"landmarks file {path.name}")
 
 
-def _sidecar(path: Path) -> Path | None:
+def landmarks_sidecar(path: Path) -> Path | None:
+    """The landmarks file beside an image or video (<stem>.landmarks.json or <name>.json), if any."""
     for candidate in (path.with_name(path.stem + ".landmarks.json"), path.with_name(path.name + ".json")):
         if candidate.is_file():
             return candidate
@@ -462,7 +463,7 @@ def load_portrait(
     elif landmarks is not None:
         given = parse_landmarks(landmarks)
     elif isinstance(source, str | Path):
-        sidecar = _sidecar(Path(source))
+        sidecar = landmarks_sidecar(Path(source))
         if sidecar is not None:
             what = f"landmarks file {sidecar.name}"
             given = read_landmarks_json(sidecar)

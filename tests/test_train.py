@@ -86,6 +86,22 @@ def test_prepared_clips_are_cached(faces_dir: Path, tmp_path: Path) -> None:
     assert np.array_equal(cached.frames, clip.frames) and np.array_equal(cached.audio, clip.audio)
 
 
+def test_edited_landmarks_are_not_served_from_the_cache(one_face_dir: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    shutil.copytree(one_face_dir, videos)
+    config = AppConfig()
+    cache = tmp_path / "cache"
+    data = TalkingFaces(videos, TINY, config.windows, config.video.fps, 0.0, cache)
+    before = data.clip(data.train_paths[0])
+    sidecar = videos / "talk0.landmarks.json"
+    points = np.asarray(json.loads(sidecar.read_text())["landmarks"]) + [4.0, 0.0]  # moved 4 px right
+    sidecar.write_text(json.dumps({"landmarks": points.tolist()}))
+    data = TalkingFaces(videos, TINY, config.windows, config.video.fps, 0.0, cache)
+    after = data.clip(data.train_paths[0])
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not np.array_equal(before.frames, after.frames)
+
+
 def test_faces_are_found_without_landmarks_json(faces_dir: Path, tmp_path: Path) -> None:
     # No JSON beside the video: the portrait code's detector finds the face on the first frame.
     shutil.copy(faces_dir / "talk1.mp4", tmp_path / "talk1.mp4")

@@ -97,10 +97,10 @@ def cut_windows(audio: np.ndarray, frames: np.ndarray, fps: int, windows: Window
 
 
 def _landmarks_for(path: Path, first_frame: np.ndarray) -> np.ndarray:
-    from avatar.portrait import detect_landmarks, read_landmarks_json
+    from avatar.portrait import detect_landmarks, landmarks_sidecar, read_landmarks_json
 
-    sidecar = path.with_name(path.stem + ".landmarks.json")
-    if sidecar.is_file():
+    sidecar = landmarks_sidecar(path)
+    if sidecar is not None:
         return read_landmarks_json(sidecar)
     return detect_landmarks(first_frame)
 
@@ -148,10 +148,16 @@ def _decode(path: Path, config: TganConfig, fps: int) -> Clip:
 
 
 def _cache_path(path: Path, cache_dir: Path, config: TganConfig, fps: int) -> Path:
+    from avatar.portrait import landmarks_sidecar
+
     stat = path.stat()
     key = (
         f"{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{config.height_px}x{config.width_px}|{fps}"
     )
+    sidecar = landmarks_sidecar(path)
+    if sidecar is not None:  # new or edited landmarks make a new crop
+        sidecar_stat = sidecar.stat()
+        key += f"|{sidecar.name}|{sidecar_stat.st_size}|{sidecar_stat.st_mtime_ns}"
     return cache_dir / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
