@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from avatar.config import AppConfig
+from avatar.config import AppConfig, WindowConfig
 from avatar.generators.base import resolve_device
 from avatar.generators.tgan import TganModel, draw_noise, from_model_image, load_tgan, to_model_image
 from avatar.lipsync import audio_envelope, count_blinks, eye_darkness, lip_sync, mouth_opening
@@ -37,9 +37,11 @@ CHUNK_FRAMES = 250  # frames generated per forward pass (keeps memory bounded on
 
 
 @torch.no_grad()
-def generate_clip(model: TganModel, clip: Clip, config: AppConfig, device: torch.device, seed: int) -> np.ndarray:
+def generate_clip(
+    model: TganModel, clip: Clip, windows_config: WindowConfig, device: torch.device, seed: int
+) -> np.ndarray:
     """The model's frames for a whole clip from its first frame: [T, H, W, 3] uint8."""
-    windows = torch.from_numpy(clip_windows(clip, config.windows))
+    windows = torch.from_numpy(clip_windows(clip, windows_config))
     rng = torch.Generator().manual_seed(seed)
     noise = draw_noise(rng, clip.num_frames, model.config.noise_features)
     identity = to_model_image(clip.frames[0]).unsqueeze(0).to(device)
@@ -88,12 +90,11 @@ def evaluate(config: AppConfig, checkpoint: Path, data_dir: Path) -> dict[str, A
     if not paths:
         log.warning("no held-out clips in %s; evaluating on every clip", data_dir)
         paths, split = data.train_paths, "all"
-    eval_config = config if info.windows == config.windows else _with_windows(config, info.windows)
     per_clip = []
     frames_total, seconds_total = 0, 0.0
     for i, path in enumerate(paths):
         clip = data.clip(path)
-        generated = generate_clip(model, clip, eval_config, device, seed=config.generator.seed + i)
+        generated = generate_clip(model, clip, info.windows, device, seed=config.generator.seed + i)
         metrics = clip_metrics(generated, clip)
         log.info("%s: %s", clip.name, " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         per_clip.append((clip.num_frames, metrics))
@@ -110,8 +111,3 @@ def evaluate(config: AppConfig, checkpoint: Path, data_dir: Path) -> dict[str, A
     result.update({"clips": len(per_clip), "frames": frames_total, "split": split, "step": info.step})
     return result
 
-
-def _with_windows(config: AppConfig, windows: Any) -> AppConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, windows=windows)
