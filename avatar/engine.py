@@ -50,7 +50,6 @@ class EngineClosed(AvatarError):
 class _Job:
     window: AudioWindow
     future: asyncio.Future[GeneratedFrame]
-    submitted_s: float
 
 
 @dataclass
@@ -115,8 +114,6 @@ class InferenceEngine:
         # Load figures for stats().
         self._steps = 0
         self._frames = 0
-        self._last_batch = 0
-        self._last_step_ms = 0.0
         self._step_ms = collections.deque[float](maxlen=200)
         self._batches = collections.deque[int](maxlen=200)
         self._rejected = 0
@@ -132,10 +129,6 @@ class InferenceEngine:
             return
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar-engine")
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="avatar-engine")
-
-    @property
-    def running(self) -> bool:
-        return self._worker is not None and not self._closed
 
     async def aclose(self) -> None:
         """Stop the worker, fail what is pending, close every handle and the thread; idempotent."""
@@ -207,7 +200,7 @@ class InferenceEngine:
                 f"{self.queue_depth} in all"
             )
         future: asyncio.Future[GeneratedFrame] = asyncio.get_running_loop().create_future()
-        handle.jobs.append(_Job(window, future, self.clock.now_s()))
+        handle.jobs.append(_Job(window, future))
         self._wakeup.set()
         return future
 
@@ -262,8 +255,6 @@ class InferenceEngine:
                     continue
                 self._steps += 1
                 self._frames += len(batch)
-                self._last_batch = len(batch)
-                self._last_step_ms = step_ms
                 self._step_ms.append(step_ms)
                 self._batches.append(len(batch))
                 for (handle, job), frame in zip(batch, frames, strict=True):
@@ -275,15 +266,14 @@ class InferenceEngine:
 
     def stats(self) -> dict[str, Any]:
         """Load of the engine: open streams, queue depth, last batch size and step time, totals."""
-        steps = sorted(self._step_ms)
         return {
             "streams": self.handles,
             "queue_depth": self.queue_depth,
-            "last_batch": self._last_batch,
-            "last_step_ms": round(self._last_step_ms, 3),
+            "last_batch": self._batches[-1] if self._batches else 0,
+            "last_step_ms": round(self._step_ms[-1], 3) if self._step_ms else 0.0,
             "mean_batch": round(sum(self._batches) / len(self._batches), 3) if self._batches else 0.0,
-            "step_ms_p50": round(steps[len(steps) // 2], 3) if steps else 0.0,
-            "step_ms_p95": round(steps[min(len(steps) - 1, int(len(steps) * 0.95))], 3) if steps else 0.0,
+            "step_ms_p50": round(self._step_ms_quantile(0.5), 3),
+            "step_ms_p95": round(self.step_ms_p95(), 3),
             "steps": self._steps,
             "frames": self._frames,
             "rejected": self._rejected,
@@ -291,4 +281,9 @@ class InferenceEngine:
         }
 
     def step_ms_p95(self) -> float:
-        return float(self.stats()["step_ms_p95"])
+        """The 95th percentile of the recent step times (ms); 0 before the first step."""
+        return self._step_ms_quantile(0.95)
+
+    def _step_ms_quantile(self, q: float) -> float:
+        steps = sorted(self._step_ms)
+        return float(steps[min(len(steps) - 1, int(len(steps) * q))]) if steps else 0.0

@@ -386,10 +386,12 @@ class AvatarSession:
         if now < self._late_grace_until:  # the last raise has not taken effect yet
             return
         self._late_history.append(True)
+        if sum(self._late_history) < 2:
+            return
         # Waiting behind one running step, then one's own: more budget than that cannot help (a
         # generator slower than real time needs throughput, and then frames repeat).
         ceiling = min(_MAX_BUDGET_S, max(0.05, 2 * self.engine.step_ms_p95() / 1000 + 1 / self.fps))
-        if sum(self._late_history) >= 2 and self.generation_budget_s < ceiling:
+        if self.generation_budget_s < ceiling:
             step = max(late_by, 0.5 / self.fps)
             self.generation_budget_s = min(ceiling, self.generation_budget_s + step)
             self._late_history.clear()

@@ -51,18 +51,9 @@ class MediaTimeline:
     def __init__(self, fps: int) -> None:
         self.fps = fps
         self.offset_s: float | None = None
-        self.anchors = 0  # how many times the offset was set
-
-    @property
-    def anchored(self) -> bool:
-        return self.offset_s is not None
 
     def anchor(self, offset_s: float) -> None:
         self.offset_s = offset_s
-        self.anchors += 1
-
-    def reset(self) -> None:
-        self.offset_s = None
 
     def window_index_at(self, t_s: float) -> int | None:
         """Index of the audio window whose frame is due at clock time `t_s`."""
@@ -117,9 +108,6 @@ class FrameStore:
         if self.last_frame is not None:
             return self.last_frame.rgb, "repeat"
         return self.idle_rgb, "idle"
-
-    def pending(self) -> int:
-        return len(self._frames)
 
     def clear(self) -> None:
         self._frames.clear()
@@ -214,8 +202,6 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._pacer = _Pacer(1.0 / fps, self.clock)
         self.counters = TrackCounters()
         self._phase_offset: float | None = None
-        self.last_index_sent: int | None = None
-        self.last_time_sent: float | None = None
 
     def start(self, t0: float) -> None:
         """Set the session start (the first frame's time and pts 0); idempotent."""
@@ -244,8 +230,6 @@ class AvatarVideoTrack(MediaStreamTrack):
             self.counters.repeats += 1
         else:
             self.counters.idle += 1
-        self.last_index_sent = self.store.last_index
-        self.last_time_sent = t
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         assert self._pacer.t0 is not None
         frame.pts = round((t - self._pacer.t0) * VIDEO_CLOCK_RATE)

@@ -48,7 +48,6 @@ def _restricted(addresses: tuple[str, ...]) -> Callable[[bool, bool], list[str]]
                 chosen.append(text)
         return chosen
 
-    get_host_addresses.restricted_to = addresses  # type: ignore[attr-defined]
     return get_host_addresses
 
 
