@@ -202,7 +202,6 @@ class _Client:
         self.portrait: Portrait | None = None
         self.peer: Peer | None = None
         self.session: LiveSession | None = None
-        self.holds_slot = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -421,21 +420,20 @@ class SignalingServer:
     # Slots: one per client with a live session (from its offer on), at most server.max_sessions.
     # A hello is refused when every slot is taken (early "busy"), or when too many clients are
     # connected at all; a client that waits without starting holds no slot.
+    def _slot_free(self) -> bool:
+        return not self._closed and len(self._slots) < self.config.server.max_sessions
+
     def _has_room(self, client: _Client) -> bool:
-        max_sessions = self.config.server.max_sessions
-        return not self._closed and len(self._slots) < max_sessions and len(self._clients) <= 4 * max_sessions + 16
+        return self._slot_free() and len(self._clients) <= 4 * self.config.server.max_sessions + 16
 
     def _take_slot(self, client: _Client) -> bool:
-        if len(self._slots) >= self.config.server.max_sessions or self._closed:
+        if not self._slot_free():
             return False
         self._slots.add(client.id)
-        client.holds_slot = True
         return True
 
     def _release_slot(self, client: _Client) -> None:
-        if client.holds_slot:
-            self._slots.discard(client.id)
-            client.holds_slot = False
+        self._slots.discard(client.id)
 
     @property
     def active_sessions(self) -> int:
