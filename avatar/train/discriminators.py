@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from avatar.config import TganConfig
-from avatar.generators.tgan import BOTTOM_SIDE_PX
+from avatar.generators.tgan import num_levels
 
 SYNC_FRAMES = 5  # frames per sync chunk: 0.2 s at 25 fps, as in the paper
 
@@ -31,14 +31,13 @@ def mouth_region(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_stack(c_in: int, width: int, height_px: int, width_px: int) -> tuple[nn.Sequential, int]:
-    """Stride-2 convs until the smaller side is at most BOTTOM_SIDE_PX; returns (stack, channels)."""
+    """Stride-2 convs, as many as the identity encoder has (num_levels); returns (stack, channels)."""
     layers: list[nn.Module] = []
-    c, h, w = c_in, height_px, width_px
-    out = width
-    while min(h, w) > BOTTOM_SIDE_PX and h % 2 == 0 and w % 2 == 0:
+    c = c_in
+    for level in range(num_levels(height_px, width_px)):  # the identity encoder's plan of layers
+        out = min(width * 2**level, 8 * width)
         layers += [spectral_norm(nn.Conv2d(c, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-        c, h, w = out, h // 2, w // 2
-        out = min(out * 2, 8 * width)
+        c = out
     return nn.Sequential(*layers), c
 
 
