@@ -56,11 +56,6 @@ class VoiceActivityDetector:
     def state(self) -> SpeechState:
         return self._state
 
-    def reset(self) -> None:
-        """Back to SILENT (the model keeps its noise estimate)."""
-        self._state = SpeechState.SILENT
-        self._run = 0
-
     def is_speech_raw(self, frame: np.ndarray) -> bool:
         """webrtcvad's own decision on one frame, without smoothing.
 

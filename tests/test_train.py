@@ -58,7 +58,7 @@ def one_face_dir(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def test_windows_match_the_live_windower(faces_dir: Path) -> None:
     config = AppConfig()
-    data = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, None)
+    data = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, None)
     clip = data.clip(data.train_paths[0])
     windower = AudioWindower(config.windows, VadConfig(), config.video.fps)
     live = windower.push(clip.audio) + windower.flush()
@@ -78,10 +78,10 @@ def test_split_is_deterministic(faces_dir: Path) -> None:
 
 def test_prepared_clips_are_cached(faces_dir: Path, tmp_path: Path) -> None:
     config = AppConfig()
-    first = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, tmp_path)
+    first = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, tmp_path)
     clip = first.clip(first.train_paths[0])
     assert len(list(tmp_path.glob("*.npz"))) == 1
-    again = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, tmp_path)
+    again = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, tmp_path)
     cached = again.clip(again.train_paths[0])
     assert np.array_equal(cached.frames, clip.frames) and np.array_equal(cached.audio, clip.audio)
 
@@ -91,12 +91,12 @@ def test_edited_landmarks_are_not_served_from_the_cache(one_face_dir: Path, tmp_
     shutil.copytree(one_face_dir, videos)
     config = AppConfig()
     cache = tmp_path / "cache"
-    data = TalkingFaces(videos, TINY, config.windows, config.video.fps, 0.0, cache)
+    data = TalkingFaces(videos, TINY, config.video.fps, 0.0, cache)
     before = data.clip(data.train_paths[0])
     sidecar = videos / "talk0.landmarks.json"
     points = np.asarray(json.loads(sidecar.read_text())["landmarks"]) + [4.0, 0.0]  # moved 4 px right
     sidecar.write_text(json.dumps({"landmarks": points.tolist()}))
-    data = TalkingFaces(videos, TINY, config.windows, config.video.fps, 0.0, cache)
+    data = TalkingFaces(videos, TINY, config.video.fps, 0.0, cache)
     after = data.clip(data.train_paths[0])
     assert len(list(cache.glob("*.npz"))) == 2
     assert not np.array_equal(before.frames, after.frames)
@@ -106,8 +106,8 @@ def test_faces_are_found_without_landmarks_json(faces_dir: Path, tmp_path: Path)
     # No JSON beside the video: the portrait code's detector finds the face on the first frame.
     shutil.copy(faces_dir / "talk1.mp4", tmp_path / "talk1.mp4")
     config = AppConfig()
-    detected = TalkingFaces(tmp_path, TINY, config.windows, config.video.fps, 0.0, None)
-    given = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, None)
+    detected = TalkingFaces(tmp_path, TINY, config.video.fps, 0.0, None)
+    given = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, None)
     a = detected.clip(detected.train_paths[0])
     b = given.clip(faces_dir / "talk1.mp4")
     assert np.abs(a.landmarks - b.landmarks).max() < 3.0  # pixels of the 64x48 crop
@@ -115,7 +115,7 @@ def test_faces_are_found_without_landmarks_json(faces_dir: Path, tmp_path: Path)
 
 def test_a_few_steps_lower_the_reconstruction_loss(faces_dir: Path) -> None:
     config = tiny_config(batch_size=2, clip_frames=8)
-    data = TalkingFaces(faces_dir, TINY, config.windows, config.video.fps, 0.0, None)
+    data = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, None)
     batch = sample_batch(data.train_clips(8), 2, 8, config.windows, np.random.default_rng(0))
     state = new_training_state(config, torch.device("cpu"))
     losses = [train_step(state, batch, config, np.random.default_rng(i)) for i in range(10)]
@@ -219,7 +219,7 @@ def test_overfit_one_clip_reproduces_it(one_face_dir: Path, tmp_path: Path) -> N
     )
     checkpoint = train(config, one_face_dir, tmp_path, progress=False)
     metrics = evaluate(config, checkpoint, one_face_dir)
-    data = TalkingFaces(one_face_dir, TINY, config.windows, config.video.fps, 0.0, None)
+    data = TalkingFaces(one_face_dir, TINY, config.video.fps, 0.0, None)
     clip = data.clip(data.train_paths[0])
     copy_psnr = peak_signal_noise_ratio(clip.frames, np.broadcast_to(clip.frames[0], clip.frames.shape), data_range=255)
     assert metrics["split"] == "all"

@@ -194,14 +194,12 @@ class TalkingFaces:
         self,
         data_dir: Path,
         model: TganConfig,
-        windows: WindowConfig,
         fps: int,
         holdout_fraction: float,
         cache_dir: Path | None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.model = model
-        self.windows = windows
         self.fps = fps
         videos = find_videos(self.data_dir)
         self.train_paths, self.holdout_paths = split_videos(videos, self.data_dir, holdout_fraction)
@@ -226,10 +224,6 @@ class TalkingFaces:
                 f"no training video in {self.data_dir} has the {min_frames} frames a training clip needs"
             )
         return usable
-
-    def holdout_clips(self) -> list[Clip]:
-        return [self.clip(p) for p in self.holdout_paths]
-
 
 def clip_windows(clip: Clip, windows: WindowConfig) -> np.ndarray:
     """Every frame's audio window of a whole clip: [T, S]."""

@@ -84,7 +84,7 @@ def evaluate(config: AppConfig, checkpoint: Path, data_dir: Path) -> dict[str, A
     device = resolve_device(config.generator)
     model, info = load_tgan(checkpoint, device)
     data = TalkingFaces(
-        data_dir, info.config, info.windows, info.fps, config.train.holdout_fraction, Path(checkpoint).parent / "cache"
+        data_dir, info.config, info.fps, config.train.holdout_fraction, Path(checkpoint).parent / "cache"
     )
     paths, split = data.holdout_paths, "holdout"
     if not paths:

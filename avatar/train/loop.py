@@ -167,7 +167,7 @@ def train(config: AppConfig, data_dir: Path, run_dir: Path, progress: bool = Tru
     device = resolve_device(config.generator)
     train_cfg = config.train
     data = TalkingFaces(
-        data_dir, config.tgan, config.windows, config.video.fps, train_cfg.holdout_fraction, run_dir / "cache"
+        data_dir, config.tgan, config.video.fps, train_cfg.holdout_fraction, run_dir / "cache"
     )
     clips = data.train_clips(train_cfg.clip_frames)
     log.info(
