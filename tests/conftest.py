@@ -32,6 +32,14 @@ def speech_wav(audio_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def speech(speech_wav: Path) -> np.ndarray:
+    """The sentence as int16 mono 16 kHz samples."""
+    from avatar.audio import load_audio_file
+
+    return load_audio_file(speech_wav)
+
+
+@pytest.fixture(scope="session")
 def speech_wav_48k_stereo(audio_dir: Path) -> Path:
     return synthesize_speech(SENTENCE, audio_dir / "speech48k.wav", sample_rate_hz=48_000, channels=2)
 

@@ -15,9 +15,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avatar.config import SAMPLE_RATE_HZ, PortraitConfig, VideoConfig
+from avatar.audio import load_audio_file
+from avatar.config import SAMPLE_RATE_HZ, PortraitConfig, TganConfig, VideoConfig
+from avatar.lipsync import audio_envelope
 from avatar.speech import synthesize_speech
 
+TINY = TganConfig(  # a temporal GAN small enough to train in seconds on 2 CPU cores
+    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32
+)
 PHRASES = ("Open the window wide.", "Move the boat, my friend.", "Hello, how are you?")
 SIZE_PX = 128
 FPS = 25
@@ -41,11 +46,7 @@ def _ellipse(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float)
 
 def envelope(audio: np.ndarray, frames: int) -> np.ndarray:
     """Mouth opening per frame in 0..1 from the RMS of the 40 ms around each frame."""
-    x = audio.astype(np.float32) / 32768.0
-    hop = SAMPLE_RATE_HZ // FPS
-    rms = np.array(
-        [np.sqrt(np.mean(x[max(0, k * hop - hop // 2) : k * hop + hop // 2] ** 2) + 1e-12) for k in range(frames)]
-    )
+    rms = audio_envelope(audio, frames, FPS).astype(np.float64)
     return np.clip(rms / (0.6 * rms.max() + 1e-9), 0.0, 1.0)
 
 
@@ -94,8 +95,6 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray) -> None:
 
 def make_clips(out_dir: Path, count: int = 3, seconds: float = 1.6) -> list[Path]:
     """`count` clips of `seconds` each (speech padded with silence), with their landmarks JSON."""
-    import wave
-
     out_dir.mkdir(parents=True, exist_ok=True)
     face, landmarks = astronaut_face()
     paths = []
@@ -103,8 +102,7 @@ def make_clips(out_dir: Path, count: int = 3, seconds: float = 1.6) -> list[Path
         wav = synthesize_speech(
             PHRASES[n % len(PHRASES)], out_dir / f"speech{n}.wav", lead_silence_s=0.2, tail_silence_s=0.3
         )
-        with wave.open(str(wav), "rb") as f:
-            audio = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
+        audio = load_audio_file(wav)
         wav.unlink()
         total = int(seconds * SAMPLE_RATE_HZ)
         audio = np.pad(audio[:total], (0, max(0, total - audio.size))).astype(np.int16)

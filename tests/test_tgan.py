@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from avatar.audio import load_audio_file
 from avatar.config import AppConfig, PortraitConfig, TganConfig, VideoConfig, WindowConfig
 from avatar.errors import CheckpointError
 from avatar.generators import load_generator
@@ -29,10 +28,8 @@ from avatar.generators.tgan import (
 from avatar.portrait import Portrait, load_builtin_portrait
 from avatar.train.dataset import cut_windows
 from avatar.windows import AudioWindow
+from tests.talking_faces import TINY
 
-TINY = TganConfig(
-    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32
-)
 WINDOWS = WindowConfig()
 VIDEO = VideoConfig(width_px=256, height_px=256)
 FPS = 25
@@ -44,9 +41,6 @@ def model() -> TganModel:
     return TganModel(TINY).eval()
 
 
-@pytest.fixture(scope="module")
-def speech(speech_wav: Path) -> np.ndarray:
-    return load_audio_file(speech_wav)
 
 
 @pytest.fixture(scope="module")

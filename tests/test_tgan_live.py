@@ -17,8 +17,7 @@ from avatar.config import AppConfig, GeneratorConfig, TrainConfig, with_override
 from avatar.portrait import default_portrait
 from avatar.train.loop import train
 from signaling.server import SignalingServer
-from tests.talking_faces import make_clips
-from tests.test_train import TINY
+from tests.talking_faces import TINY, make_clips
 from tests.ws_client import Client
 
 

@@ -11,20 +11,16 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
-from talking_faces import make_clips
+from talking_faces import TINY, make_clips
 
 from avatar.__main__ import main
-from avatar.config import AppConfig, GeneratorConfig, TganConfig, TrainConfig, VadConfig
+from avatar.config import AppConfig, GeneratorConfig, TrainConfig, VadConfig
 from avatar.errors import CheckpointError
 from avatar.train.checkpoint import latest_checkpoint, load_checkpoint, train_state_path
 from avatar.train.dataset import TalkingFaces, cut_windows, sample_batch, split_videos
 from avatar.train.evaluate import evaluate
 from avatar.train.loop import new_training_state, train, train_step
 from avatar.windows import AudioWindower
-
-TINY = TganConfig(
-    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32
-)
 
 
 def tiny_config(**train: object) -> AppConfig:

@@ -48,9 +48,6 @@ def small(config: AppConfig) -> tuple[AppConfig, Portrait]:
     return cfg, load_builtin_portrait("astronaut", cfg.portrait, cfg.video)
 
 
-@pytest.fixture(scope="module")
-def speech(speech_wav: Path) -> np.ndarray:
-    return load_audio_file(speech_wav)
 
 
 def windows_for(cfg: AppConfig, samples: np.ndarray) -> list[AudioWindow]:

@@ -48,9 +48,6 @@ def same(a: list[AudioWindow], b: list[AudioWindow]) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
-def speech(speech_wav: Path) -> np.ndarray:
-    return load_audio_file(speech_wav)
 
 
 @pytest.mark.parametrize("fps", [25, 30, 24, 60])
