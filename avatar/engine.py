@@ -27,8 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+
 from avatar.clock import Clock, SessionClock
-from avatar.config import VideoConfig
+from avatar.config import VideoConfig, WindowConfig
 from avatar.errors import AvatarError
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
 from avatar.windows import AudioWindow
@@ -109,7 +111,7 @@ class InferenceEngine:
         self._worker: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._closed = False
-        self.warmed = False  # set by the first session, which warms the generator up (session.py)
+        self._warmed = False
         self._in_flight: asyncio.Future[Any] | None = None
         # Load figures for stats().
         self._steps = 0
@@ -187,6 +189,21 @@ class InferenceEngine:
 
     async def new_stream(self, portrait: Any, seed: int) -> GeneratorStream:
         return await self.call(self.generator.new_stream, portrait, seed)
+
+    async def warm_up(self, portrait: Any, windows: WindowConfig, steps: int = 3) -> None:
+        """Once per engine: a few steps of a throwaway stream on silence. A generator's first steps
+        are slow (allocations, caches); spent here, they are not mistaken for its pace by the first
+        session's delay or by the step statistics."""
+        if self._warmed:
+            return
+        self._warmed = True
+        await self.call(self._warm_up_steps, portrait, windows, steps)
+
+    def _warm_up_steps(self, portrait: Any, windows: WindowConfig, steps: int) -> None:
+        stream = self.generator.new_stream(portrait, 0)
+        silence = np.zeros(windows.total_samples, dtype=np.float32)
+        for k in range(steps):
+            self.generator.step([stream], [AudioWindow(k, silence, windows.past_samples, False, self.video.fps)])
 
     # -- work ------------------------------------------------------------------------------------
 

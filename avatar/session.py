@@ -193,11 +193,7 @@ class AvatarSession:
         """Make the generator stream, register with the engine, start both tracks' clock; once."""
         if self._started.is_set() or self._closed:
             return
-        if not self.engine.warmed:
-            # A generator's first steps are slow (allocations, caches). Spent here on a throwaway
-            # stream, they are not mistaken for its pace by this session's delay or the engine's stats.
-            self.engine.warmed = True
-            await self.engine.call(self._warm_up)
+        await self.engine.warm_up(self.portrait, self.config.windows)
         self._stream = await self.engine.new_stream(self.portrait, self.seed)
         idle = await self.engine.call(self.generator.idle_frame, self._stream)
         if self._closed:  # closed while we were waiting on the engine
@@ -211,14 +207,6 @@ class AvatarSession:
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"session-{self.session_id}-pump")
         self._started.set()
         self.log.info("started (%d fps, delay %.0f ms)", self.fps, self.delay_s * 1000)
-
-    def _warm_up(self, steps: int = 3) -> None:
-        """(On the engine thread.) A few steps of a throwaway stream on silence."""
-        stream = self.generator.new_stream(self.portrait, 0)
-        windows = self.config.windows
-        for k in range(steps):
-            silence = np.zeros(windows.total_samples, dtype=np.float32)
-            self.generator.step([stream], [AudioWindow(k, silence, windows.past_samples, False, self.fps)])
 
     def attach_audio(self, track: MediaStreamTrack) -> None:
         """Read `track` until it ends, into the chain; one input track per session."""
