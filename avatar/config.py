@@ -189,14 +189,45 @@ class ServerConfig:
     port: int = 8080
     max_sessions: int = 4
     token: str = ""
-    max_message_bytes: int = 20_000_000
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    hello_timeout_s: float = 5.0
+    offer_timeout_s: float = 15.0
+    max_pending_connections: int = 64
+    max_pending_per_address: int = 8
+    max_waiting_clients: int = 64
+    max_text_message_bytes: int = 65_536
+    websocket_compression: bool = False
+    peer_timeout_s: float = 10.0
+    max_session_s: float = 0.0
     stats_interval_s: float = 1.0
     drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "server.port", "must be in 0..65535")
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1")
-        _check(self.max_message_bytes >= 1024, "server.max_message_bytes", "must be at least 1024")
+        for origin in self.allowed_origins:
+            _check(
+                origin == "*" or ("://" in origin and not origin.endswith("/")),
+                "server.allowed_origins",
+                f"{origin!r} is not an origin like 'https://call.example.org' (no path, no trailing slash) or '*'",
+            )
+        _check(0.1 <= self.hello_timeout_s <= 300, "server.hello_timeout_s", "must be in 0.1..300 s")
+        _check(0.1 <= self.offer_timeout_s <= 3600, "server.offer_timeout_s", "must be in 0.1..3600 s")
+        _check(self.max_pending_connections >= 1, "server.max_pending_connections", "must be at least 1")
+        _check(
+            1 <= self.max_pending_per_address <= self.max_pending_connections,
+            "server.max_pending_per_address",
+            "must be in 1..max_pending_connections",
+        )
+        _check(self.max_waiting_clients >= 1, "server.max_waiting_clients", "must be at least 1")
+        _check(
+            1024 <= self.max_text_message_bytes <= 16 * 1024 * 1024,
+            "server.max_text_message_bytes",
+            "must be in 1024..16777216",
+        )
+        _check(0.5 <= self.peer_timeout_s <= 600, "server.peer_timeout_s", "must be in 0.5..600 s")
+        _check(self.max_session_s >= 0, "server.max_session_s", "must be 0 (unlimited) or positive")
         _check(self.stats_interval_s > 0, "server.stats_interval_s", "must be positive")
 
 

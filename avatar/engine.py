@@ -98,8 +98,10 @@ class InferenceEngine:
         clock: Clock | None = None,
         max_pending_per_stream: int | None = None,
         max_pending: int = 256,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         self.generator = generator
+        self.on_step = on_step  # (batch size, step seconds) after each step: for metrics
         self.video = video
         self.clock: Clock = clock or SessionClock()
         # Half a second of frames per stream: beyond that the session is hopelessly behind anyway.
@@ -274,6 +276,8 @@ class InferenceEngine:
                 self._frames += len(batch)
                 self._step_ms.append(step_ms)
                 self._batches.append(len(batch))
+                if self.on_step is not None:
+                    self.on_step(len(batch), step_ms / 1000.0)
                 for (handle, job), frame in zip(batch, frames, strict=True):
                     handle.steps += 1
                     if not job.future.done():

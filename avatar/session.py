@@ -64,7 +64,7 @@ import asyncio
 import collections
 import functools
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import av
@@ -121,6 +121,7 @@ class AvatarSession:
         generation_budget_s: float = 0.025,
         margin_s: float | None = None,
         gap_s: float = 0.25,
+        on_frame_ready: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -135,6 +136,7 @@ class AvatarSession:
         self.generation_budget_s = generation_budget_s
         self.margin_s = margin_s if margin_s is not None else packet_phase_s(config) + _JITTER_MARGIN_S
         self.gap_s = gap_s
+        self.on_frame_ready = on_frame_ready  # (seconds from the window's last audio to its frame): metrics
         self._normalizer = AudioNormalizer()  # the chain's 16 kHz
         self._normalizer48 = AudioNormalizer(AUDIO_RATE_HZ)  # the voice to send back
         self._windower = AudioWindower(config.windows, config.vad, self.fps)
@@ -344,9 +346,9 @@ class AvatarSession:
         except EngineClosed:
             return
         self._futures[future] = window.frame_index
-        future.add_done_callback(functools.partial(self._on_generated, window))
+        future.add_done_callback(functools.partial(self._on_generated, window, self.clock.now_s()))
 
-    def _on_generated(self, window: AudioWindow, future: asyncio.Future[GeneratedFrame]) -> None:
+    def _on_generated(self, window: AudioWindow, submitted_s: float, future: asyncio.Future[GeneratedFrame]) -> None:
         self._futures.pop(future, None)
         if future.cancelled() or self._closed:
             return
@@ -359,8 +361,11 @@ class AvatarSession:
         self.store.put(window.frame_index, future.result())
         self._speaking = window.speaking
         self._counters["generated"] += 1
+        now = self.clock.now_s()
+        if self.on_frame_ready is not None:
+            self.on_frame_ready(now - submitted_s)
         due = self.timeline.frame_time(window.frame_index)
-        late_by = self.clock.now_s() - due if due is not None else 0.0
+        late_by = now - due if due is not None else 0.0
         if late_by > 0:
             self._counters["late"] += 1
             self._on_late(late_by)

@@ -20,11 +20,15 @@ from avatar.errors import AvatarError
 # Error codes a client can get; each error message is meant for a person.
 BAD_MESSAGE: Final = "bad_message"
 UNAUTHORIZED: Final = "unauthorized"
+RATE_LIMITED: Final = "rate_limited"
 BUSY: Final = "busy"
+TIMEOUT: Final = "timeout"
 BAD_PORTRAIT: Final = "bad_portrait"
 BAD_SDP: Final = "bad_sdp"
 INTERNAL: Final = "internal"
-ERROR_CODES: Final = frozenset({BAD_MESSAGE, UNAUTHORIZED, BUSY, BAD_PORTRAIT, BAD_SDP, INTERNAL})
+ERROR_CODES: Final = frozenset(
+    {BAD_MESSAGE, UNAUTHORIZED, RATE_LIMITED, BUSY, TIMEOUT, BAD_PORTRAIT, BAD_SDP, INTERNAL}
+)
 
 MAX_TOKEN_CHARS: Final = 4096
 MAX_NAME_CHARS: Final = 200
@@ -154,25 +158,28 @@ def _string(obj: dict[str, Any], key: str, max_chars: int, *, required: bool = T
     return value
 
 
-def parse_client_message(frame: str | bytes, max_bytes: int | None = None) -> ClientMessage:
+def parse_client_message(
+    frame: str | bytes, *, max_text_bytes: int | None = None, max_binary_bytes: int | None = None
+) -> ClientMessage:
     """Parse one WebSocket frame from a client; raise ProtocolError("bad_message", ...) if unusable.
 
-    A text frame (str) is a JSON object; a binary frame (bytes) is a portrait upload.
-    `max_bytes` bounds the frame's size (UTF-8 bytes for text).
+    A text frame (str) is a JSON object, at most `max_text_bytes` in UTF-8; a binary frame (bytes)
+    is a portrait upload of at most `max_binary_bytes`.
     """
     if isinstance(frame, bytes | bytearray | memoryview):
         data = bytes(frame)
-        if max_bytes is not None and len(data) > max_bytes:
-            raise _bad(f"the upload is too large ({len(data)} bytes, at most {max_bytes})")
+        if max_binary_bytes is not None and len(data) > max_binary_bytes:
+            raise _bad(f"the upload is too large ({len(data)} bytes, at most {max_binary_bytes})")
         if not data:
             raise ProtocolError(BAD_PORTRAIT, "the uploaded image is empty")
         return PortraitUpload(data)
     if not isinstance(frame, str):
         raise _bad("a message must be a text or a binary frame")
-    if max_bytes is not None and len(frame) > max_bytes:  # cheap check first; chars <= bytes
-        raise _bad(f"the message is too large (more than {max_bytes} bytes)")
-    if max_bytes is not None and len(frame.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise _bad(f"the message is too large (more than {max_bytes} bytes)")
+    if max_text_bytes is not None and (
+        len(frame) > max_text_bytes  # cheap check first: characters <= bytes
+        or len(frame.encode("utf-8", "surrogatepass")) > max_text_bytes
+    ):
+        raise _bad(f"the message is too large (more than {max_text_bytes} bytes)")
     try:
         obj = json.loads(frame)
     except (ValueError, RecursionError) as exc:

@@ -101,19 +101,25 @@ def test_bad_input_gets_its_code(frame: str | bytes, code: str) -> None:
     assert info.value.message  # a person can read it
 
 
-def test_size_limit() -> None:
+def test_size_limits_text_and_binary_apart() -> None:
     text = json.dumps({"type": "offer", "sdp": "v=0 " + "a" * 2000})
-    assert isinstance(m.parse_client_message(text, max_bytes=len(text)), m.Offer)
+    assert isinstance(m.parse_client_message(text, max_text_bytes=len(text)), m.Offer)
     with pytest.raises(m.ProtocolError) as info:
-        m.parse_client_message(text, max_bytes=len(text) - 1)
+        m.parse_client_message(text, max_text_bytes=len(text) - 1)
     assert info.value.code == m.BAD_MESSAGE
     with pytest.raises(m.ProtocolError) as info:
-        m.parse_client_message(b"x" * 101, max_bytes=100)
+        m.parse_client_message(b"x" * 101, max_binary_bytes=100)
     assert info.value.code == m.BAD_MESSAGE
-    # Non-ASCII text counts in UTF-8 bytes.
+    # The text limit does not bound uploads, nor the upload limit text.
+    assert isinstance(m.parse_client_message(b"x" * 101, max_text_bytes=100, max_binary_bytes=200), m.PortraitUpload)
+    with pytest.raises(m.ProtocolError):
+        m.parse_client_message(text, max_text_bytes=100, max_binary_bytes=len(text) * 2)
+    # Non-ASCII text counts in UTF-8 bytes; a lone surrogate counts too and is no crash.
     wide = json.dumps({"type": "hello", "token": "é" * 60}, ensure_ascii=False)
     with pytest.raises(m.ProtocolError):
-        m.parse_client_message(wide, max_bytes=len(wide) + 10)
+        m.parse_client_message(wide, max_text_bytes=len(wide) + 10)
+    lone = '{"type":"hello","token":"\ud800"}'
+    assert m.parse_client_message(lone, max_text_bytes=100) == m.Hello(token="\ud800")
 
 
 def test_unknown_error_code_is_a_bug() -> None:

@@ -1,7 +1,7 @@
 """The live server end to end: a real server on 127.0.0.1, real aiortc clients, real media.
 
 One server serves the whole module (loading the generator once): 256x256 at 25 fps, ICE restricted
-to 127.0.0.1, a token, a cap of 3 sessions and a 1 MB message limit.
+to 127.0.0.1, a token, a cap of 3 sessions and a 1 MB upload limit.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def server_config() -> AppConfig:
             "port": 0,
             "token": TOKEN,
             "max_sessions": 3,
-            "max_message_bytes": MAX_MESSAGE,
             "stats_interval_s": 0.5,
             "drain_timeout_s": 2.0,
         },
+        portrait={"max_bytes": MAX_MESSAGE},
         webrtc={"host_addresses": ["127.0.0.1"]},
         video={"width_px": 256, "height_px": 256, "fps": 25},
         warp={"head_motion": 0.0, "breathing": 0.0},  # keep the mouth region still but for speech

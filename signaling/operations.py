@@ -1,0 +1,53 @@
+"""What operators and load balancers read: /metrics (Prometheus), /healthz (alive), /readyz (load).
+
+/metrics is served to loopback clients, or to anyone who shows the server's token (an
+`Authorization: Bearer TOKEN` header, or `?token=TOKEN`); otherwise 403. /healthz answers 200 while
+the process serves. /readyz answers 200 with `{"ready": true, "load": L}` while a new session would
+be admitted and 503 with `"ready": false` when every media slot is taken or the server is draining;
+`load` is the share of media slots in use, 0..1.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from signaling.admission import Admission, is_loopback_host
+from signaling.client import tokens_match
+from signaling.metrics import CONTENT_TYPE, ServerMetrics
+
+
+def _may_read_metrics(request: web.Request, token: str) -> bool:
+    if is_loopback_host(request.remote or ""):
+        return True
+    if not token:
+        return False
+    given = request.query.get("token")
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        given = authorization[len("Bearer ") :]
+    return given is not None and tokens_match(given, token)
+
+
+def add_routes(app: web.Application, admission: Admission, metrics: ServerMetrics, token: str) -> None:
+    async def metrics_handler(request: web.Request) -> web.Response:
+        if not _may_read_metrics(request, token):
+            raise web.HTTPForbidden(text="Metrics are served to loopback, or with the server's token.\n")
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = admission.slot_free()
+        body = {
+            "ready": ready,
+            "load": round(admission.load, 3),
+            "sessions": admission.active,
+            "max_sessions": admission.config.max_sessions,
+            "draining": admission.draining,
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
