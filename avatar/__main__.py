@@ -15,6 +15,7 @@ from typing import Any
 
 from avatar.config import AppConfig, load_config, with_overrides
 from avatar.errors import AvatarError
+from avatar.logs import setup_logging
 
 log = logging.getLogger("avatar")
 
@@ -22,6 +23,9 @@ log = logging.getLogger("avatar")
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="config file (default: the repository's config.toml)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="text, or json (an object a line) for shippers"
+    )
 
 
 def _add_generator_flags(parser: argparse.ArgumentParser) -> None:
@@ -151,15 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.log_level != "DEBUG":
-        # Libraries that log every HTTP request or ICE check at INFO: keep their warnings only.
-        for chatty in ("websockets", "aioice", "aiortc"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    setup_logging(args.log_level, args.log_format)
     handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval}
     try:
         return handlers[args.command](args)

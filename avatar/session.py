@@ -64,7 +64,7 @@ import asyncio
 import collections
 import functools
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -98,12 +98,6 @@ def packet_phase_s(config: AppConfig, packet_s: float = 0.02) -> float:
     return int((-ends % packet).max()) / SAMPLE_RATE_HZ
 
 
-class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
-        assert self.extra is not None
-        return f"[session {self.extra['session']}] {msg}", kwargs
-
-
 class AvatarSession:
     """Wires one peer's audio through the chain; `start()`, `attach_audio()`, `aclose()`."""
 
@@ -130,7 +124,7 @@ class AvatarSession:
         self.session_id = session_id
         self.clock: Clock = clock or SessionClock()
         self.seed = config.generator.seed + (seed if seed is not None else abs(hash(session_id)) % 100_000)
-        self.log = _SessionLog(logger, {"session": session_id})
+        self.log = logging.LoggerAdapter(logger, {"session": session_id})
         self.fps = config.video.fps
         self.lookahead_s = config.windows.lookahead_s
         self.generation_budget_s = generation_budget_s
