@@ -106,12 +106,11 @@ class ClientConnection:
 
     async def _recv(self, deadline_s: float | None = None) -> m.ClientMessage:
         """The next message; TimeoutError after `deadline_s` (monotonic); _Closed when the socket goes."""
-        timeout = None
-        if deadline_s is not None:
-            timeout = deadline_s - time.monotonic()
-            if timeout <= 0:
-                raise TimeoutError
-        message = await self.ws.receive(timeout)
+        # One deadline for the whole wait: aiohttp's own receive timeout restarts on every pong.
+        loop = asyncio.get_running_loop()
+        when = None if deadline_s is None else loop.time() + (deadline_s - time.monotonic())
+        async with asyncio.timeout_at(when):
+            message = await self.ws.receive()
         if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
             return m.parse_client_message(
                 message.data,

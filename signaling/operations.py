@@ -1,10 +1,10 @@
 """What operators and load balancers read: /metrics (Prometheus), /healthz (alive), /readyz (load).
 
-/metrics is served to loopback clients, or to anyone who shows the server's token (an
-`Authorization: Bearer TOKEN` header, or `?token=TOKEN`); otherwise 403. /healthz answers 200 while
-the process serves. /readyz answers 200 with `{"ready": true, "load": L}` while a new session would
-be admitted and 503 with `"ready": false` when every media slot is taken or the server is draining;
-`load` is the share of media slots in use, 0..1.
+/metrics is served to loopback clients (not to requests a proxy forwarded), or to anyone who
+shows the server's token (an `Authorization: Bearer TOKEN` header, or `?token=TOKEN`); else 403.
+/healthz answers 200 while the process serves. /readyz answers 200 with `{"ready": true, "load": L}`
+while a new session would be admitted and 503 with `"ready": false` when every media slot is taken
+or the server is draining; `load` is the share of media slots in use, 0..1.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from signaling.metrics import CONTENT_TYPE, ServerMetrics
 
 
 def _may_read_metrics(request: web.Request, token: str) -> bool:
-    if is_loopback_host(request.remote or ""):
+    # A request a reverse proxy forwarded comes from loopback too: it is not a local operator.
+    forwarded = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    if is_loopback_host(request.remote or "") and not forwarded:
         return True
     if not token:
         return False
