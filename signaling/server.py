@@ -100,7 +100,15 @@ class SignalingServer:
         try:
             await self.backend.start()
             app = self._application()
-            self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+            self._runner = web.AppRunner(
+                app,
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=1.0,
+                # A TCP connection that sends no request (or sits idle between requests) is closed
+                # as soon as a WebSocket that says no hello would be.
+                keepalive_timeout=self.config.server.hello_timeout_s,
+            )
             await self._runner.setup()
             try:
                 await web.TCPSite(self._runner, host, port).start()

@@ -238,6 +238,15 @@ async def test_silent_connections_time_out(server: SignalingServer) -> None:
     assert 0.8 <= time.monotonic() - started < 3.0
 
 
+async def test_silent_tcp_connections_are_closed(server: SignalingServer) -> None:
+    host, port = server.url.split("//")[1].rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, without a word
+    assert time.monotonic() - started < server.config.server.hello_timeout_s + 1.5
+    writer.close()
+
+
 async def test_welcomed_clients_must_offer_in_time_and_hold_no_slot(server: SignalingServer) -> None:
     waiting = [await _open(server) for _ in range(3)]  # more than max_sessions (2)
     for ws in waiting:
