@@ -2,7 +2,8 @@
 
 Server and browser run together in a fresh network namespace where only `lo` is up (`unshare -n`,
 as root), so WebRTC can only use 127.0.0.1. The driver script (tests/browser_check.py) prints one
-JSON line: frames decoded, the mouth region's motion drawn from the <video> to a canvas, a screenshot.
+JSON line: frames decoded, the mouth region's motion drawn from the <video> to a canvas, what each
+WebSocket sent, the browser console and the page's Content-Security-Policy violations, screenshots.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = Path("/tmp/page.png")
+IDLE_SCREENSHOT = Path("/tmp/page-wait.png")
 
 
 def _namespace_reason() -> str | None:
@@ -48,24 +51,36 @@ def fake_mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
+def _browser_check(*args: str) -> dict[str, Any]:
+    """Run tests/browser_check.py in a fresh network namespace; its JSON result (errors asserted)."""
     reason = _namespace_reason()
     if reason is not None:
         pytest.skip(reason)
-    SCREENSHOT.unlink(missing_ok=True)
-    script = (
-        f"ip link set lo up && exec {sys.executable} tests/browser_check.py"
-        f" --wav {fake_mic_wav} --screenshot {SCREENSHOT} --seconds 6"
-    )
+    script = f"ip link set lo up && exec {sys.executable} tests/browser_check.py {' '.join(args)}"
     env = {**os.environ}
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result; rc={proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-4000:]}"
-    result = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
     print(json.dumps({k: v for k, v in result.items() if k != "traceback"}))
     assert "error" not in result, result.get("traceback") or result["error"] + "\n" + proc.stderr[-4000:]
+    return result
+
+
+def _assert_clean_console(result: dict[str, Any]) -> None:
+    """The server's CSP was in force, and nothing broke it or logged an error (a 404 would)."""
+    assert "script-src 'self'" in (result["csp"] or ""), result["csp"]
+    assert result["console_on_load"] == [], result["console_on_load"]
+    assert result["console_problems"] == [], result["console_problems"]
+    assert result["csp_violations"] == [], result["csp_violations"]
+
+
+def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
+    SCREENSHOT.unlink(missing_ok=True)
+    result = _browser_check("--wav", str(fake_mic_wav), "--screenshot", str(SCREENSHOT), "--seconds", "6")
+    _assert_clean_console(result)
 
     # An upload without a face got a readable refusal.
     assert "face" in (result["no_face_error"] or "").lower(), result["no_face_error"]
@@ -83,7 +98,63 @@ def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
     assert result["grabs"] >= 40
     assert result["mouth_diff_max"] > 4.0, result
     assert result["mouth_diff_p90"] > 1.5 * result["mouth_diff_min"], result
-    # Stop ended the session (the page's fresh socket for the next Start holds no session slot).
+    # Stop ended the session; the page opens no socket until it needs one.
     assert result["sessions_before_stop"] == 1, result
     assert result["session_ended_on_stop"] is True, result
+    assert result["sockets"] == [["hello", "binary", "portrait", "offer", "bye"]], result["sockets"]
     assert SCREENSHOT.is_file()
+
+
+def test_page_waits_past_offer_timeout_then_starts(fake_mic_wav: Path) -> None:
+    """Wrong tokens get rate_limited without reconnects; a person who waits longer than
+    offer_timeout_s before Start sees no error, the page does not reconnect in a loop, and Start then
+    works; max_session_s ends the session with a readable text."""
+    IDLE_SCREENSHOT.unlink(missing_ok=True)
+    result = _browser_check(
+        "--scenario", "idle", "--offer-timeout", "1.5", "--max-session", "5",
+        "--wav", str(fake_mic_wav), "--screenshot", str(IDLE_SCREENSHOT),
+    )  # fmt: skip
+    _assert_clean_console(result)
+
+    # Wrong tokens: refused, then throttled with a readable text; Start waits out the throttle and
+    # the page never asks again by itself (one socket per load, one rate_limited refusal in all).
+    limited = result["rate_limited_page"]
+    assert "try again in" in (limited["error"] or ""), limited
+    assert not limited["startEnabled"] and limited["state"].startswith("Start again in"), limited
+    assert result["rate_limited_held_s"] >= 0.5, result
+    after = result["rate_limited_after"]
+    assert after["held"] and after["startEnabled"] and after["connections"] == 1, after
+    assert result["rate_limited_refusals"] == 1, result
+    assert result["unauthorized_refusals"] == result["rate_limited_loads"] - 1, result
+
+    # Idle past the timeout three times over: the server ended the first session once, quietly.
+    idle = result["idle_page"]
+    assert result["idle_s"] >= 4.5, result["idle_s"]
+    assert result["offer_timeouts"] == 1, result
+    assert result["clients_while_idle"] == 0, result
+    assert idle["error"] is None, idle
+    assert idle["state"] == "Ready" and idle["startEnabled"], idle
+    assert idle["sockets"] == [["hello", "portrait"]], idle["sockets"]
+    assert idle["connections"] == 1 and not idle["open"], idle
+
+    # Start opened a fresh session: hello, the chosen portrait again, then the offer; video flows.
+    session = result["session_page"]
+    assert session["sockets"] == [["hello", "portrait"], ["hello", "portrait", "offer"]], session["sockets"]
+    assert session["error"] is None, session
+    assert result["sessions_started"] == 1, result
+    first, last = result["frames_decoded"]
+    assert last > first + 30, result["frames_decoded"]
+    assert 18.0 <= result["decoded_fps"] <= 27.0, result["decoded_fps"]
+
+    # max_session_s: the session ends with a message a person understands, and the page waits.
+    ended = result["ended_page"]
+    assert result["max_session_ends"] == 1, result
+    assert "maximum length" in (result["ended_error"] or ""), result["ended_error"]
+    assert "Press Start" in ended["error"], ended
+    assert ended["state"] == "Session ended" and ended["startEnabled"], ended
+    assert ended["connections"] == 2 and not ended["open"], ended
+    assert result["active_after_end"] == 0 and result["clients_after_end"] == 0, result
+    # A portrait chosen afterwards opens a fresh session for it, and the old message goes away.
+    chosen = result["chosen_after_end"]
+    assert chosen and chosen["sockets"][2] == ["hello", "portrait"] and chosen["error"] is None, chosen
+    assert IDLE_SCREENSHOT.is_file()

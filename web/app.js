@@ -1,7 +1,13 @@
 // Talking portrait: the page's side of the signaling protocol (DESIGN.md section 3).
-// One WebSocket session per run: hello -> welcome, portrait (by name or uploaded), a complete offer
-// (ICE gathered, no trickle) with the microphone (sendrecv: the voice comes back) and a recvonly
-// video transceiver -> answer; stats arrive about once a second; Stop sends bye. No build step.
+// One WebSocket = one server session: hello -> welcome, portrait (by name or uploaded), a complete
+// offer (ICE gathered, no trickle) with the microphone (sendrecv: the voice comes back) and a
+// recvonly video transceiver -> answer; stats arrive about once a second; Stop sends bye. No build step.
+//
+// The server gives a welcomed socket `offer_timeout_s` to send its offer, so the socket opened at
+// load (for the portrait list) is closed with `timeout` if the person waits before pressing Start.
+// That is not an error for the person: the page forgets the socket and opens a fresh session when
+// it needs one (choosing a portrait, Start), re-applying the chosen portrait before the offer.
+// Refusals (busy, rate_limited) and lost connections are retried only after a growing pause.
 "use strict";
 
 (() => {
@@ -16,26 +22,39 @@
   const ERRORS = {
     busy: "The server is busy right now (all sessions are in use). Please try again in a moment.",
     unauthorized: "This server needs an access token: open the page with ?token=YOUR_TOKEN in the address.",
+    rate_limited: "Too many wrong access tokens came from your address, so the server is refusing it for a while",
+    timeout: "The session timed out. Press Start to begin a new one.",
     bad_portrait: "That picture cannot be used",
     bad_sdp: "The server could not use this browser's connection offer",
     bad_message: "The server did not understand the page (is the page up to date? try reloading)",
     internal: "The server hit a problem and ended this session. Press Start to try again.",
   };
   const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+  const LOST_RETRY_S = [1.5, 3, 6, 12, 30]; // pauses before reconnecting after a lost connection
+  const BUSY_RETRY_S = [3, 6, 12, 30, 60]; // pauses before Start may ask a busy server again
 
   const app = {
-    ws: null, pc: null, mic: null, welcome: null, choice: null, running: false,
-    serverStats: null, videoStats: null, lastVideo: null, statsTimer: null, closingOnPurpose: false,
-    pendingAnswer: null,
+    conn: null, // the current socket and what happened on it: {ws, welcomed, answered, error, onPurpose}
+    opening: null, // the promise of the socket being opened (true once welcomed)
+    connections: 0, // sockets opened so far (for tests and debugging)
+    pc: null, mic: null, welcome: null, choice: null, confirmedChoice: null,
+    starting: false, running: false, pendingAnswer: null,
+    serverStats: null, videoStats: null, lastVideo: null, statsTimer: null,
+    lostCount: 0, busyCount: 0, retryTimer: null, holdTimer: null, connectionBanner: false,
+    get ws() { return this.conn ? this.conn.ws : null; },
   };
   window.portraitApp = app; // for tests and debugging
 
   // ---- messages to the person -----------------------------------------------------------------
-  function showError(text) {
+  function showError(text, aboutConnection = false) {
     ui.errorText.textContent = text;
     ui.error.hidden = false;
+    app.connectionBanner = aboutConnection;
   }
-  function clearError() { ui.error.hidden = true; }
+  function clearError() {
+    ui.error.hidden = true;
+    app.connectionBanner = false;
+  }
   ui.errorClose.addEventListener("click", clearError);
 
   function setState(text, speaking = false) {
@@ -43,10 +62,26 @@
     ui.state.classList.toggle("speaking", speaking);
   }
 
+  // Seconds the server asks us to wait ("... try again in 12 s."), or null.
+  function retryAfterS(msg) {
+    const match = /(\d+(?:\.\d+)?)\s*s\b/.exec(msg.message || "");
+    return match ? Math.max(1, Math.ceil(Number(match[1]))) : null;
+  }
+
   function describeError(msg) {
     const base = ERRORS[msg.code] || "Something went wrong";
     if (msg.code === "bad_portrait" || msg.code === "bad_sdp" || msg.code === "bad_message") {
       return `${base}: ${msg.message}`;
+    }
+    if (msg.code === "unauthorized" && new URLSearchParams(location.search).get("token")) {
+      return "The access token in the address (?token=…) is not the one this server needs.";
+    }
+    if (msg.code === "rate_limited") {
+      const wait = retryAfterS(msg);
+      return `${base}. Check the token in the address, then try again in ${wait ? `${wait} s` : "a minute"}.`;
+    }
+    if (msg.code === "timeout" && msg.message) {
+      return `${msg.message.replace(/\s*$/, "")} Press Start to begin a new one.`;
     }
     return base;
   }
@@ -57,84 +92,95 @@
     return `${scheme}//${location.host}/ws`;
   }
 
+  function sessionOpen() {
+    const c = app.conn;
+    return !!c && c.welcomed && c.ws.readyState === WebSocket.OPEN;
+  }
+
   // A message object goes as JSON text; an ArrayBuffer (an uploaded image) as one binary frame.
   function send(obj) {
     if (!app.ws || app.ws.readyState !== WebSocket.OPEN) return;
     app.ws.send(obj instanceof ArrayBuffer ? obj : JSON.stringify(obj));
   }
 
-  function connect() {
+  // Resolves true once a welcomed session is open (opening one if needed: hello, then the chosen
+  // portrait again), false if none could be opened (the reason is already on screen).
+  function ensureSession() {
+    if (sessionOpen()) return Promise.resolve(true);
+    if (app.retryTimer) clearTimeout(app.retryTimer);
+    app.retryTimer = null;
+    if (!app.opening) {
+      app.opening = openSocket().finally(() => { app.opening = null; });
+    }
+    return app.opening;
+  }
+
+  function openSocket() {
     return new Promise((resolve) => {
       const ws = new WebSocket(socketUrl());
       ws.binaryType = "arraybuffer";
-      app.ws = ws;
-      app.closingOnPurpose = false;
-      let welcomed = false;
+      const conn = { ws, welcomed: false, answered: false, error: null, onPurpose: false };
+      app.conn = conn;
+      app.connections += 1;
+      if (!app.welcome && !app.starting) setState("Connecting…");
       ws.onopen = () => {
         const token = new URLSearchParams(location.search).get("token");
-        send(token ? { type: "hello", token } : { type: "hello" });
+        ws.send(JSON.stringify(token ? { type: "hello", token } : { type: "hello" }));
       };
       ws.onmessage = (event) => {
+        if (app.conn !== conn) return;
         let msg;
         try { msg = JSON.parse(event.data); } catch { return; }
         if (msg.type === "welcome") {
-          welcomed = true;
+          conn.welcomed = true;
           onWelcome(msg);
           resolve(true);
         } else {
-          onMessage(msg);
+          onMessage(conn, msg);
         }
       };
       ws.onclose = () => {
-        if (app.ws !== ws) return;
-        app.ws = null;
-        if (!welcomed) resolve(false);
-        const wasRunning = app.running;
-        stopMedia();
-        ui.start.disabled = false; // Start opens a new session
-        if (!app.closingOnPurpose) {
-          if (ui.error.hidden) showError(welcomed ? "The connection to the server was lost." : "Cannot reach the server.");
-          setState("Disconnected");
-          setTimeout(reconnect, wasRunning ? 1500 : 3000);
-        }
+        if (!conn.welcomed) resolve(false);
+        if (app.conn === conn) onSocketClosed(conn);
       };
     });
   }
 
-  // A fresh session (after Stop, or after the connection was lost: then the error goes away).
-  async function reconnect(afterLoss = true) {
-    if (app.ws) return;
-    setState("Connecting…");
-    if (await connect()) {
-      if (afterLoss) clearError();
-      await reapplyPortrait();
-    }
-  }
-
   function onWelcome(msg) {
     app.welcome = msg;
-    ui.builtins.textContent = "";
-    for (const name of msg.portraits) {
-      const button = document.createElement("button");
-      button.textContent = name;
-      button.setAttribute("role", "listitem");
-      button.addEventListener("click", () => choosePortrait({ name }));
-      ui.builtins.append(button);
+    app.lostCount = 0;
+    const names = msg.portraits.join("\n");
+    if (ui.builtins.dataset.names !== names) {
+      ui.builtins.dataset.names = names;
+      ui.builtins.textContent = "";
+      for (const name of msg.portraits) {
+        const button = document.createElement("button");
+        button.textContent = name;
+        button.setAttribute("role", "listitem");
+        button.addEventListener("click", () => choosePortrait({ name, label: name }));
+        ui.builtins.append(button);
+      }
     }
     markChosen();
-    ui.start.disabled = false;
-    setState("Ready");
+    if (app.connectionBanner) clearError(); // "connection lost" / "busy" no longer holds
+    reapplyPortrait(); // a fresh session starts with the default portrait: send the chosen one again
+    if (!app.starting && !app.running && !app.holdTimer) {
+      ui.start.disabled = false;
+      setState("Ready");
+    }
   }
 
-  function onMessage(msg) {
+  function onMessage(conn, msg) {
     switch (msg.type) {
       case "portrait":
+        app.confirmedChoice = app.choice;
         ui.portraitStatus.textContent = `${app.choice && app.choice.label ? app.choice.label : "Portrait"}: face found, ready.`;
         ui.portraitStatus.classList.remove("bad");
         ui.portraitStatus.classList.add("ok");
         markChosen();
         break;
       case "answer":
+        conn.answered = true;
         if (app.pendingAnswer) app.pendingAnswer.resolve(msg.sdp);
         break;
       case "stats":
@@ -142,26 +188,97 @@
         renderStats();
         break;
       case "error":
-        onServerError(msg);
+        onServerError(conn, msg);
         break;
       default:
         break;
     }
   }
 
-  function onServerError(msg) {
+  // Every error but bad_portrait is followed by the server closing the socket (onSocketClosed).
+  function onServerError(conn, msg) {
     if (msg.code === "bad_portrait") {
       // Shown beside the portrait controls (not as a banner): the session goes on.
       ui.portraitStatus.textContent = describeError(msg);
       ui.portraitStatus.classList.remove("ok");
       ui.portraitStatus.classList.add("bad");
-      app.choice = app.confirmedChoice || null;
+      app.choice = app.confirmedChoice;
       markChosen();
       return;
     }
-    showError(describeError(msg));
-    if (app.pendingAnswer) app.pendingAnswer.reject(new Error(msg.message));
-    if (msg.code === "busy" || msg.code === "unauthorized") app.closingOnPurpose = true;
+    conn.error = msg;
+    if (quietEnd(conn)) return;
+    showError(describeError(msg), msg.code === "busy");
+  }
+
+  // A welcomed session the server ends before its offer because it waited too long for one
+  // (timeout), or, while the page is idle, to make room for others (busy): nothing to tell the
+  // person. The next action opens a fresh session (start() does so itself if it was starting).
+  function quietEnd(conn) {
+    const code = conn.error && conn.error.code;
+    if (!conn.welcomed || conn.answered) return false;
+    return code === "timeout" || (code === "busy" && !app.starting);
+  }
+
+  function onSocketClosed(conn) {
+    app.conn = null;
+    if (app.pendingAnswer) {
+      const err = new Error(conn.error ? conn.error.message : "the connection to the server was lost");
+      err.retry = !!conn.error && conn.error.code === "timeout"; // the offer came too late: send it again
+      app.pendingAnswer.reject(err);
+      app.pendingAnswer = null;
+    }
+    if (conn.onPurpose || quietEnd(conn)) return;
+    const code = conn.error && conn.error.code;
+    if (conn.answered) {
+      // A running session ended: say why (the banner for an error is already up); Start opens a new one.
+      stopMedia();
+      if (!code) showError("The connection to the server was lost. Press Start to try again.");
+      ui.start.disabled = false;
+      setState(code === "timeout" ? "Session ended" : "Disconnected");
+      return;
+    }
+    if (code === "busy" || code === "rate_limited") {
+      // Refused: Start may ask again only after a pause (growing while the server stays busy).
+      const pause = code === "rate_limited"
+        ? retryAfterS(conn.error) || 10
+        : BUSY_RETRY_S[Math.min(app.busyCount++, BUSY_RETRY_S.length - 1)];
+      holdStart(pause, code === "busy" && !app.welcome);
+      return;
+    }
+    if (app.starting) return; // start() reports what went wrong
+    if (code) { // unauthorized, bad_message, internal: shown; the person decides what next
+      ui.start.disabled = false;
+      setState(app.welcome ? "Ready" : "Not connected");
+      return;
+    }
+    // Lost without a word (the server went away, the network): reconnect after a growing pause.
+    const pause = LOST_RETRY_S[Math.min(app.lostCount++, LOST_RETRY_S.length - 1)];
+    showError(conn.welcomed ? "The connection to the server was lost. Reconnecting…" : "Cannot reach the server; trying again shortly.", true);
+    ui.start.disabled = false;
+    setState("Disconnected");
+    app.retryTimer = setTimeout(() => { app.retryTimer = null; ensureSession(); }, pause * 1000);
+  }
+
+  // Keep Start disabled for `seconds`, counting down; then ask again by itself if `retry`.
+  function holdStart(seconds, retry) {
+    if (app.holdTimer) clearInterval(app.holdTimer);
+    const until = Date.now() + seconds * 1000;
+    const tick = () => {
+      const left = Math.ceil((until - Date.now()) / 1000);
+      if (left > 0) {
+        ui.start.disabled = true;
+        setState(retry ? `Trying again in ${left} s` : `Start again in ${left} s`);
+        return;
+      }
+      clearInterval(app.holdTimer);
+      app.holdTimer = null;
+      ui.start.disabled = false;
+      setState(app.welcome ? "Ready" : "Not connected");
+      if (retry) ensureSession();
+    };
+    app.holdTimer = setInterval(tick, 250);
+    tick();
   }
 
   // ---- portraits -----------------------------------------------------------------------------
@@ -171,25 +288,27 @@
     }
   }
 
-  function choosePortrait(choice) {
-    if (app.running) return;
-    app.confirmedChoice = app.choice;
+  function sendPortrait(choice) {
+    send(choice.name ? { type: "portrait", name: choice.name } : choice.bytes);
+  }
+
+  async function choosePortrait(choice) {
+    if (app.running || app.starting) return;
     app.choice = choice;
     clearError();
     ui.portraitStatus.classList.remove("ok", "bad");
     ui.portraitStatus.textContent = choice.name ? `Loading ${choice.name}…` : `Looking for a face in ${choice.label}…`;
-    if (choice.name) {
-      choice.label = choice.name;
-      send({ type: "portrait", name: choice.name });
-    } else {
-      send(choice.bytes);
-    }
+    markChosen();
+    if (sessionOpen()) {
+      sendPortrait(choice);
+    } else if (app.holdTimer || !(await ensureSession())) {
+      // The session could not be opened (the reason is on screen); the choice is sent with the next.
+      ui.portraitStatus.textContent = `${choice.label}: chosen, sent when the server answers.`;
+    } // else: the fresh session's welcome sent it (reapplyPortrait)
   }
 
-  async function reapplyPortrait() {
-    if (!app.choice) return;
-    if (app.choice.name) send({ type: "portrait", name: app.choice.name });
-    else send(app.choice.bytes);
+  function reapplyPortrait() {
+    if (app.choice) sendPortrait(app.choice);
   }
 
   async function uploadFile(file) {
@@ -230,11 +349,27 @@
     });
   }
 
+  // Send the offer on an open session and wait for the answer. A session that timed out before
+  // the offer reached the server (a slow microphone prompt, say) is replaced once, quietly.
+  async function exchangeOffer(sdp) {
+    for (let attempt = 0; ; attempt += 1) {
+      if (!(await ensureSession())) throw new Error("Cannot reach the server.");
+      const answer = new Promise((resolve, reject) => { app.pendingAnswer = { resolve, reject }; });
+      send({ type: "offer", sdp });
+      try {
+        return await answer;
+      } catch (err) {
+        if (!err.retry || attempt > 0) throw err;
+      }
+    }
+  }
+
   async function start() {
+    if (app.starting || app.running) return;
     clearError();
-    if (!app.ws) await reconnect(false);
-    if (!app.ws) return;
+    app.starting = true;
     ui.start.disabled = true;
+    const session = ensureSession(); // opened while the person answers the microphone prompt
     setState("Asking for the microphone…");
     try {
       app.mic = await navigator.mediaDevices.getUserMedia({
@@ -242,6 +377,7 @@
         video: false,
       });
     } catch (err) {
+      app.starting = false;
       ui.start.disabled = false;
       setState("Ready");
       if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
@@ -277,7 +413,7 @@
     ui.video.addEventListener("playing", () => ui.frame.classList.add("live"), { once: true });
     pc.addEventListener("connectionstatechange", () => {
       const state = pc.connectionState;
-      if (state === "connected") setState("Live: speak!");
+      if (state === "connected" && app.pc === pc) setState("Live: speak!");
       if ((state === "failed" || state === "disconnected") && app.pc === pc) {
         showError("The media connection was lost. Press Start to try again.");
         stop();
@@ -287,25 +423,27 @@
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIceGathering(pc);
-      const answer = new Promise((resolve, reject) => { app.pendingAnswer = { resolve, reject }; });
-      send({ type: "offer", sdp: pc.localDescription.sdp });
-      const sdp = await answer;
-      app.pendingAnswer = null;
+      if (!(await session)) throw new Error("Cannot reach the server."); // refused: no second try
+      const sdp = await exchangeOffer(pc.localDescription.sdp);
       if (app.pc !== pc) return;
       await pc.setRemoteDescription({ type: "answer", sdp });
+      app.busyCount = 0;
       app.statsTimer = setInterval(pollStats, 1000);
     } catch (err) {
-      app.pendingAnswer = null;
       if (app.pc === pc) {
         if (ui.error.hidden) showError(`Could not start the session: ${err.message || err}`);
-        stop();
+        stop(app.welcome ? "Ready" : "Not connected");
       }
+    } finally {
+      app.starting = false;
     }
   }
 
   function stopMedia() {
     if (app.statsTimer) clearInterval(app.statsTimer);
     app.statsTimer = null;
+    if (app.pendingAnswer) app.pendingAnswer.reject(new Error("stopped"));
+    app.pendingAnswer = null;
     if (app.pc) app.pc.close();
     app.pc = null;
     if (app.mic) app.mic.getTracks().forEach((t) => t.stop());
@@ -318,26 +456,27 @@
     app.lastVideo = null;
     ui.stop.disabled = true;
     ui.drop.classList.remove("disabled");
-    ui.stats.innerHTML = "&nbsp;";
+    ui.stats.textContent = "\u00a0";
   }
 
-  async function stop() {
-    const wasConnected = !!app.ws;
+  // End the session (bye: the server closes it); the next Start or portrait opens a fresh one.
+  function stop(state = "Stopped") {
+    const conn = app.conn;
     stopMedia();
-    if (wasConnected) {
-      // The server ends the session on bye; a fresh session is opened for the next Start.
-      app.closingOnPurpose = true;
+    if (conn) {
+      conn.onPurpose = true;
       send({ type: "bye" });
-      const old = app.ws;
-      app.ws = null;
-      if (old) old.close();
+      app.conn = null;
+      conn.ws.close();
     }
-    setState("Stopped");
-    await reconnect(false);
+    if (!app.holdTimer) {
+      ui.start.disabled = false;
+      setState(state);
+    }
   }
 
   ui.start.addEventListener("click", start);
-  ui.stop.addEventListener("click", stop);
+  ui.stop.addEventListener("click", () => stop());
 
   // ---- stats -----------------------------------------------------------------------------------
   async function pollStats() {
@@ -359,6 +498,7 @@
   }
 
   function renderStats() {
+    if (!app.running) return;
     const parts = [];
     const v = app.videoStats;
     const srv = app.serverStats;
@@ -374,12 +514,12 @@
       if (app.rttMs !== undefined) latency += app.rttMs / 2;
       parts.push(`latency ≈ ${Math.round(latency)} ms`);
     }
-    ui.stats.textContent = parts.length ? parts.join(" · ") : " ";
+    ui.stats.textContent = parts.length ? parts.join(" · ") : "\u00a0";
   }
 
   // ---- go ----------------------------------------------------------------------------------------
   if (!window.RTCPeerConnection || !navigator.mediaDevices) {
     showError("This browser cannot do WebRTC here (the page needs https, or localhost, and a current browser).");
   }
-  connect().then((ok) => { if (!ok && ui.error.hidden) showError("Cannot reach the server."); });
+  ensureSession();
 })();
