@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ class Admission:
         if retry_after > 0:
             return Refusal(
                 "rate_limited",
-                f"Too many wrong access tokens from your address; try again in {retry_after:.0f} s.",
+                f"Too many wrong access tokens from your address; try again in {math.ceil(retry_after)} s.",
                 "rate_limited",
             )
         return None
