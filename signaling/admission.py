@@ -209,6 +209,8 @@ class Admission:
 
     def welcome(self, ticket: Ticket) -> Refusal | None:
         """The hello was accepted: pending -> waiting, unless every media slot is taken (busy)."""
+        if ticket.stage is not Stage.PENDING:  # evicted while its hello was on the way
+            return Refusal("busy", "This connection was closed to make room for others.", "evicted")
         if not self.slot_free():
             return Refusal("busy", BUSY_TEXT, "busy")
         if len(self._waiting) >= self.config.max_waiting_clients:

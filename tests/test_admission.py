@@ -93,6 +93,10 @@ def test_pending_connections_give_way_oldest_first() -> None:
     # A welcomed connection leaves the pending pool, so it never gives way to pending ones.
     assert admission.welcome(a3) is None and a3.stage is Stage.WAITING
     assert admission.pending == 3 and admission.waiting == 1
+    # An evicted connection whose hello arrives late is not let back in.
+    refusal = admission.welcome(a1)
+    assert refusal is not None and refusal.code == "busy" and a1.stage is Stage.CLOSED
+    assert admission.waiting == 1
 
 
 def test_welcome_take_slot_release() -> None:
