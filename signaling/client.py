@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -181,6 +182,12 @@ class ClientConnection:
         while True:
             try:
                 message = await self._recv(offer_deadline)
+            except m.ProtocolError as exc:
+                if exc.code != m.BAD_PORTRAIT:  # an empty upload or name: the previous portrait stays
+                    raise
+                self.log.info("bad portrait: %s", exc.message)
+                await self.send(m.Error(exc.code, exc.message))
+                continue
             except TimeoutError:
                 timeout_s = self.config.server.offer_timeout_s
                 raise self._refuse(
@@ -239,22 +246,23 @@ class ClientConnection:
         await self.send(m.Answer(sdp=sdp))
         self.metrics.sessions_started.inc()
         self.log.info("answered (voice back: %s)", self.peer.return_audio)
-        self._spawn(self._send_stats())
-        self._spawn(self._watch_end())
+        self._spawn(self._send_stats)
+        self._spawn(self._watch_end)
         if self.config.server.max_session_s > 0:
-            self._spawn(self._end_after(self.config.server.max_session_s))
+            self._spawn(functools.partial(self._end_after, self.config.server.max_session_s))
 
     # -- helper tasks ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._guarded(coro))
+    def _spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        # The coroutine is made inside the task, so a task cancelled before it ran leaves none unawaited.
+        task = asyncio.get_running_loop().create_task(self._guarded(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a helper task; a failure in it ends this session (internal), never the server."""
         try:
-            await coro
+            await job()
         except (ConnectionError, _Closed):
             pass
         except Exception:

@@ -29,7 +29,7 @@ doubling back-off); each example draws whether the test forgives its address fir
 throttled and the unthrottled hello paths are exercised and a `rate_limited` is only accepted where
 the address may really be locked out.
 
-The reproductions after the fuzz test (xfail, strict) are the server bugs it found, each minimal.
+The tests after the fuzz test reproduce the server bugs it found (now fixed), each minimal.
 
 Network safety: offers only ever carry the 127.0.0.1 candidates of a real aiortc offer made here
 (`_safe_sdp` rejects any other text mentioning a candidate), so the server's ICE checks stay on
@@ -866,7 +866,7 @@ class Harness:
     ) -> None:
         state = PRE
         answered_at = 0.0
-        may_have_closed = False  # after a rejected portrait: the server may end the session or keep it
+        may_have_closed = False  # a rejected portrait before hello ends the session; after it, never
         for frame in frames:
             kind = classify(frame)
             allowed = expected(
@@ -900,7 +900,7 @@ class Harness:
                 raise transcript.fail(f"{outcome} is not what the protocol allows here ({sorted(allowed)})")
             if outcome.startswith("close:"):
                 return
-            may_have_closed = outcome == "error:bad_portrait"
+            may_have_closed = outcome == "error:bad_portrait" and state == PRE
             if outcome == "welcome":
                 state = WELCOMED
             elif outcome == "answer":
@@ -1054,16 +1054,9 @@ def test_protocol_fuzz(harness: Harness) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Reproductions of what the fuzzing found
+# Reproductions of what the fuzzing found (fixed since)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: an empty upload or a blank portrait name is rejected with bad_portrait and "
-    "then the session is closed (the ProtocolError is raised while parsing, in ClientConnection._recv), "
-    "where every other rejected portrait keeps the session, as signaling/client.py documents "
-    "('a bad one -> bad_portrait and the previous portrait stays')",
-)
 @pytest.mark.parametrize(
     "rejected", [b"", json.dumps({"type": "portrait", "name": " "})], ids=["empty-upload", "blank-name"]
 )
@@ -1086,12 +1079,6 @@ def test_a_rejected_portrait_keeps_the_session(harness: Harness, rejected: str |
     harness.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: when the socket ends right after the answer (here a bye sent with the offer), "
-    "ClientConnection.aclose cancels the helper tasks before they ever ran, so _guarded never awaits the "
-    "_send_stats() and _watch_end() coroutines it was given: 'coroutine ... was never awaited' warnings",
-)
 def test_a_session_ended_at_once_leaves_no_unawaited_coroutine(harness: Harness) -> None:
     async def scenario() -> None:
         assert harness.srv is not None
