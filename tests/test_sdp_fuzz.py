@@ -23,7 +23,8 @@ import signaling.peer
 from avatar.config import WebRtcConfig
 from signaling.ice import host_addresses
 from signaling.messages import MAX_SDP_CHARS, ProtocolError
-from signaling.peer import Peer, _check_offer
+from signaling.offer import check_offer
+from signaling.peer import Peer
 from tests.sdp_mutations import base_offers_sync, mutated_offers
 
 HOLD_S = 0.03  # an answered peer lives this long before it is closed: its ICE checks start
@@ -290,7 +291,7 @@ async def test_hostile_offer_is_bad_sdp(case: str, bases: list[tuple[str, str]])
     sdp = edit(bases[0][1])
     assert sdp != bases[0][1], "the edit changed nothing"
     with pytest.raises(ProtocolError) as info:
-        _check_offer(sdp)  # refused before aiortc sees it
+        check_offer(sdp)  # refused before aiortc sees it
     assert info.value.code == "bad_sdp" and expected in info.value.message, info.value.message
     with host_addresses(["127.0.0.1"]), Watch(asyncio.get_running_loop()) as watch:
         outcome, message = await negotiate_once(sdp, case)
@@ -316,7 +317,7 @@ async def test_browser_like_offer_passes_the_checks(bases: list[tuple[str, str]]
         1,
     )
     sdp = sdp.replace("a=rtcp-mux", "a=rtcp-mux\r\na=rtcp-rsize\r\na=ice-options:trickle", 1)
-    _check_offer(sdp)  # not refused; not negotiated (aioice would resolve the mDNS name by multicast)
+    check_offer(sdp)  # not refused; not negotiated (aioice would resolve the mDNS name by multicast)
 
 
 # --- the cleanup after aiortc fails can never raise ------------------------------------------------
@@ -331,7 +332,7 @@ async def test_cleanup_is_safe_when_aiortc_breaks_its_own_close(
     the fix negotiate raised AttributeError from inside aclose(), with the peer half closed.
     """
     sdp = _sub(r"a=mid:0", "a=mid:2")(bases[1][1])
-    monkeypatch.setattr(signaling.peer, "_check_offer", lambda sdp: False)  # as if the check missed it
+    monkeypatch.setattr(signaling.peer, "check_offer", lambda sdp: False)  # as if the check missed it
     with host_addresses(["127.0.0.1"]), Watch(asyncio.get_running_loop()) as watch:
         outcome, message = await negotiate_once(sdp, "bundle with an unknown mid")
         assert outcome == "bad_sdp"
