@@ -31,7 +31,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from avatar.config import AppConfig, with_overrides
 from signaling.server import SignalingServer
-from tests.ws_client import Client, ws_url
+from tests.test_server import server_config
+from tests.ws_client import Client, http_request, ws_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -40,22 +41,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def hostile_config(**server: Any) -> AppConfig:
+    """tests/test_server.py's server_config() with short timeouts, 2 media slots and `server` on top."""
     return with_overrides(
-        AppConfig(),
+        server_config(),
         server={
-            "host": "127.0.0.1",
-            "port": 0,
             "token": TOKEN,
             "max_sessions": 2,
             "hello_timeout_s": 1.0,
             "offer_timeout_s": 2.0,
             "peer_timeout_s": 2.0,
-            "stats_interval_s": 0.5,
             "drain_timeout_s": 1.0,
             **server,
         },
-        webrtc={"host_addresses": ["127.0.0.1"]},
-        video={"width_px": 256, "height_px": 256, "fps": 25},
+        portrait={"max_bytes": AppConfig().portrait.max_bytes},
     )
 
 
@@ -132,18 +130,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 async def _http(
     srv: SignalingServer, method: str, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    host, port = srv.url.split("//")[1].rstrip("/").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    response_headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, response_headers, body
+    return await http_request(srv.url, method, path, headers)
 
 
 async def _metrics_text(srv: SignalingServer) -> str:

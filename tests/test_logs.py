@@ -8,14 +8,13 @@ import logging
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
 from avatar.logs import setup_logging
-from tests.ws_client import ws_url
+from tests.ws_client import printed_url, ws_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,15 +55,7 @@ def test_serve_logs_json_with_session_and_client(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "http://" in line:
-                url = line[line.index("http://") :].split()[0]
+        url = printed_url(proc)
         assert url, f"the server printed no URL: {proc.stderr.read() if proc.poll() is not None else ''}"
         session = asyncio.run(_hello_and_bye(url))
         proc.send_signal(signal.SIGTERM)

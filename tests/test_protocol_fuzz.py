@@ -65,6 +65,7 @@ from websockets.exceptions import ConnectionClosed
 from avatar.config import AppConfig, with_overrides
 from signaling import messages as m
 from signaling.server import SignalingServer
+from tests.test_server import server_config
 from tests.ws_client import Client, ws_url
 
 pytestmark = pytest.mark.slow
@@ -84,24 +85,16 @@ T = TypeVar("T")
 
 
 def fuzz_config() -> AppConfig:
-    """Like tests/test_server.py's server_config(), with a short hello timeout."""
+    """tests/test_server.py's server_config(), with this file's token and a short hello timeout."""
     return with_overrides(
-        AppConfig(),
+        server_config(),
         server={
-            "host": "127.0.0.1",
-            "port": 0,
             "token": TOKEN,
-            "max_sessions": 3,
-            "stats_interval_s": 0.5,
-            "drain_timeout_s": 2.0,
             "hello_timeout_s": 2.0,
             "offer_timeout_s": 30.0,  # longer than any example: no offer timeout fires mid-example
             "max_text_message_bytes": TEXT_LIMIT,
         },
         portrait={"max_bytes": MAX_UPLOAD},
-        webrtc={"host_addresses": ["127.0.0.1"]},
-        video={"width_px": 256, "height_px": 256, "fps": 25},
-        warp={"head_motion": 0.0, "breathing": 0.0},
     )
 
 

@@ -26,7 +26,7 @@ from avatar.config import AppConfig, with_overrides
 from avatar.speech import synthesize_speech
 from signaling.server import SignalingServer
 from tests.conftest import SENTENCE
-from tests.ws_client import Client
+from tests.ws_client import Client, http_request, printed_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,17 +101,7 @@ async def _settle(srv: SignalingServer, timeout: float = 5.0) -> None:
 
 
 async def _http_get(srv: SignalingServer, raw_path: str) -> tuple[int, dict[str, str], bytes]:
-    host, port = srv.url.split("//")[1].rstrip("/").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {raw_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, headers, body
+    return await http_request(srv.url, "GET", raw_path)
 
 
 async def test_static_files(server: SignalingServer) -> None:
@@ -460,15 +450,7 @@ def _serve_from_the_command_line(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "http://" in line:
-                url = line[line.index("http://") :].split()[0]
+        url = printed_url(proc)
         assert url and url.startswith("http://127.0.0.1:"), (
             url,
             proc.stderr.read() if proc.stderr and proc.poll() is not None else "",

@@ -1,10 +1,15 @@
-"""A Python client of the signaling protocol for tests: websockets + a real aiortc peer."""
+"""A Python client of the signaling protocol for tests: websockets + a real aiortc peer.
+
+Beside it, two small tools for tests of the same server: a raw HTTP request (any method, exact
+path, no client library normalising either) and reading the URL `avatar serve` prints.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +21,37 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+
+async def http_request(
+    http_url: str, method: str, raw_path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a fresh connection: (status, lower-cased headers, body)."""
+    host, port = http_url.split("//")[1].split("/")[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"{method} {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    response_headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, response_headers, body
+
+
+def printed_url(proc: subprocess.Popen[str], timeout_s: float = 60.0) -> str | None:
+    """The URL `avatar serve` prints on its first stdout line with http:// (None if it never does)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        if "http://" in line:
+            return line[line.index("http://") :].split()[0]
+    return None
 
 
 def ws_url(http_url: str) -> str:
