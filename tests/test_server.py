@@ -435,15 +435,16 @@ async def test_connect_disconnect_cycles_leave_nothing(server: SignalingServer) 
 
 
 @pytest.mark.slow
-async def test_avatar_serve_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
+async def test_avatar_serve_prints_url_logs_json_and_stops_on_sigterm(tmp_path: Path) -> None:
     await asyncio.to_thread(_serve_from_the_command_line, tmp_path)
 
 
 def _serve_from_the_command_line(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[webrtc]\nhost_addresses = ["127.0.0.1"]\n[video]\nwidth_px = 256\nheight_px = 256\n')
+    command = ["serve", "--config", str(config), "--port", "0", "--host", "127.0.0.1", "--log-format", "json"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "avatar", "serve", "--config", str(config), "--port", "0", "--host", "127.0.0.1"],
+        [sys.executable, "-m", "avatar", *command],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -459,12 +460,28 @@ def _serve_from_the_command_line(tmp_path: Path) -> None:
 
         with urllib.request.urlopen(url, timeout=5) as response:
             assert response.status == 200 and b"Talking portrait" in response.read()
+        session = asyncio.run(_hello_and_bye(url))
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # --log-format json: every line is a JSON object; a session's lines name it and its client.
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    mine = [r for r in records if r.get("session") == session]
+    assert any(r["message"] == "welcome" for r in mine), records[-5:]
+    assert all(r["client"] == "127.0.0.1" for r in mine)
+
+
+async def _hello_and_bye(url: str) -> str:
+    async with Client(url) as client:
+        welcome = await client.hello()
+        assert welcome["type"] == "welcome"
+        await client.send({"type": "bye"})
+        assert await client.closed(5.0)
+    return str(welcome["session"])
 
 
 @pytest.mark.slow
