@@ -12,7 +12,7 @@ grows with load instead of the queue). Work is refused, not queued without bound
 `max_pending_per_stream` windows and the engine `max_pending` in all; past that `submit` raises
 `EngineOverloaded` and the caller drops that frame (its video track repeats the last one).
 
-Everything that touches the generator (new streams, idle frames, steps) runs on the same thread,
+Everything that touches the generator (new streams, idle frames, steps, releases) runs on the same thread,
 so a generator never sees two calls at once.
 """
 
@@ -169,7 +169,8 @@ class InferenceEngine:
         return handle
 
     def close(self, handle: EngineHandle) -> None:
-        """Unregister a handle and cancel its pending windows; idempotent."""
+        """Unregister a handle, cancel its pending windows and let the generator forget its stream
+        (on the worker thread, after any step still using it); idempotent."""
         if handle.closed:
             return
         handle.closed = True
@@ -178,6 +179,14 @@ class InferenceEngine:
             job = handle.jobs.popleft()
             if not job.future.done():
                 job.future.cancel()
+        if self._executor is not None:
+            self._executor.submit(self._release_stream, handle.stream)
+
+    def _release_stream(self, stream: GeneratorStream) -> None:
+        try:
+            self.generator.release_stream(stream)
+        except Exception:  # a generator's cleanup failing must not reach anyone's session
+            log.exception("generator failed to release a stream")
 
     @property
     def handles(self) -> int:
@@ -206,6 +215,7 @@ class InferenceEngine:
         silence = np.zeros(windows.total_samples, dtype=np.float32)
         for k in range(steps):
             self.generator.step([stream], [AudioWindow(k, silence, windows.past_samples, False, self.video.fps)])
+        self.generator.release_stream(stream)
 
     # -- work ------------------------------------------------------------------------------------
 
@@ -242,46 +252,51 @@ class InferenceEngine:
         return frames, (time.perf_counter() - started) * 1000.0
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._executor is not None
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while batch := self._take_batch():
-                streams = [handle.stream for handle, _ in batch]
-                windows = [job.window for _, job in batch]
-                self._in_flight = loop.run_in_executor(self._executor, self._step, streams, windows)
-                try:
-                    frames, step_ms = await asyncio.shield(self._in_flight)
-                except asyncio.CancelledError:  # aclose(): it waits for the step still on the thread
-                    for _, job in batch:
-                        job.future.cancel()
-                    raise
-                except Exception as exc:  # the generator failed: fail this batch, keep serving
-                    self._in_flight = None
-                    self._errors += 1
-                    log.exception("generator step failed for a batch of %d", len(batch))
-                    for _, job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                self._in_flight = None
-                if len(frames) != len(batch):
-                    error = AvatarError(f"generator returned {len(frames)} frames for {len(batch)} windows")
-                    for _, job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    continue
-                self._steps += 1
-                self._frames += len(batch)
-                self._step_ms.append(step_ms)
-                self._batches.append(len(batch))
-                if self.on_step is not None:
-                    self.on_step(len(batch), step_ms / 1000.0)
-                for (handle, job), frame in zip(batch, frames, strict=True):
-                    handle.steps += 1
-                    if not job.future.done():
-                        job.future.set_result(frame)
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[EngineHandle, _Job]]) -> None:
+        """One step for `batch`; its own frame, so that nothing of it (streams, handles, frames)
+        stays referenced by the worker while it waits for the next one: a session closed meanwhile
+        is freed with its session."""
+        assert self._executor is not None
+        streams = [handle.stream for handle, _ in batch]
+        windows = [job.window for _, job in batch]
+        self._in_flight = asyncio.get_running_loop().run_in_executor(self._executor, self._step, streams, windows)
+        try:
+            frames, step_ms = await asyncio.shield(self._in_flight)
+        except asyncio.CancelledError:  # aclose(): it waits for the step still on the thread
+            for _, job in batch:
+                job.future.cancel()
+            raise
+        except Exception as exc:  # the generator failed: fail this batch, keep serving
+            self._in_flight = None
+            self._errors += 1
+            log.exception("generator step failed for a batch of %d", len(batch))
+            for _, job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self._in_flight = None
+        if len(frames) != len(batch):
+            error = AvatarError(f"generator returned {len(frames)} frames for {len(batch)} windows")
+            for _, job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        self._steps += 1
+        self._frames += len(batch)
+        self._step_ms.append(step_ms)
+        self._batches.append(len(batch))
+        if self.on_step is not None:
+            self.on_step(len(batch), step_ms / 1000.0)
+        for (handle, job), frame in zip(batch, frames, strict=True):
+            handle.steps += 1
+            if not job.future.done():
+                job.future.set_result(frame)
 
     # -- load ------------------------------------------------------------------------------------
 

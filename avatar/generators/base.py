@@ -62,6 +62,12 @@ class FrameGenerator(abc.ABC):
     def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
         """A frame to show before the first step (the portrait at rest); RGB uint8 (H, W, 3)."""
 
+    def release_stream(self, stream: GeneratorStream) -> None:
+        """`stream` will not be stepped again (its session ended): drop whatever this generator still
+        holds of it (caches keyed on streams), so a closed session's state is freed with its session.
+        Called on the engine's worker thread, like every other call. By default there is nothing to drop."""
+        return None
+
 
 StreamT = TypeVar("StreamT", bound=GeneratorStream)
 

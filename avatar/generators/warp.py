@@ -244,6 +244,13 @@ class WarpAnimator(FrameGenerator):
         assert isinstance(stream, WarpStream)
         return (stream.image.permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
+    def release_stream(self, stream: GeneratorStream) -> None:
+        # The stacked tensors of the last batch (see _batch) hold the streams that stepped in it:
+        # without this, the last sessions' portraits and rigs would outlive them until a new batch.
+        cached = self._last_batch
+        if cached is not None and any(s is stream for s in cached.streams):
+            self._last_batch = None
+
     # ---- motion ----------------------------------------------------------------------------
     def _blink(self, m: _Motion, frame: int) -> float:
         """Blink closure 0..1 at `frame`; schedules the next blink when one ends."""
