@@ -41,6 +41,10 @@ INTERNAL_TEXT = "The server hit an internal error; this session has ended."
 CLOSE_TIMEOUT_S = 2.0  # how long a closing handshake may wait for the client's reply
 
 
+def _ignore(code: str, message: str) -> None:
+    """What a released ticket's evict does: nothing."""
+
+
 class _Closed(Exception):
     """The socket closed (by the client, the network, or us)."""
 
@@ -342,6 +346,7 @@ class ClientConnection:
             except Exception:
                 self.log.exception("error while closing the peer")
         self.admission.release(self.ticket)
+        self.ticket.evict = _ignore  # the ticket no longer points back at this client (no cycle)
         if self._closers:
             await asyncio.wait(list(self._closers), timeout=CLOSE_TIMEOUT_S)
         exception = self.ws.exception()

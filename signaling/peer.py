@@ -149,6 +149,7 @@ async def _close_connection(pc: RTCPeerConnection) -> None:
     """
     try:
         await pc.close()
+        _break_reference_cycles(pc)
         return
     except Exception as exc:
         log.debug("RTCPeerConnection.close failed (%s: %s); stopping its parts one by one", type(exc).__name__, exc)
@@ -168,6 +169,32 @@ async def _close_connection(pc: RTCPeerConnection) -> None:
         closed.set_result(True)
     with contextlib.suppress(Exception):
         pc.remove_all_listeners()
+    _break_reference_cycles(pc)
+
+
+def _break_reference_cycles(pc: RTCPeerConnection) -> None:
+    """Let a closed connection be freed by reference counting, not by a rare full collection.
+
+    aiortc 1.16 never removes the listener it puts on each RTCDtlsTransport ("statechange" ->
+    the connection's ``__updateConnectionState``; its ICE transports and the connection itself drop
+    theirs on close), so connection -> transceiver -> sender -> DTLS transport -> listener ->
+    connection is a cycle; and aioice 0.13's ``Connection.close()`` keeps its check list, whose
+    pairs' STUN protocols point back at the connection. Until the cycle collector's next full
+    collection (rare on a busy server: its threshold grows with the objects alive) each closed
+    connection keeps its receivers' buffers and bitrate estimators, its SRTP and DTLS state.
+    """
+    transports = set(getattr(pc, "_RTCPeerConnection__dtlsTransports", ()))
+    for transceiver in pc.getTransceivers():
+        transports.update(t for t in (transceiver.sender.transport, transceiver.receiver.transport) if t is not None)
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    for dtls in transports:
+        with contextlib.suppress(Exception):
+            dtls.remove_all_listeners()
+        gatherer = getattr(dtls.transport, "iceGatherer", None)
+        check_list = getattr(getattr(gatherer, "_connection", None), "_check_list", None)
+        if isinstance(check_list, list):
+            check_list.clear()
 
 
 class Peer:

@@ -208,11 +208,6 @@ def test_sessions_and_peers_are_freed_by_reference_counting(soaked: Soak) -> Non
     assert (left["AvatarSession"], left["Peer"], left["WarpStream"]) == (0, 0, 0), left
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiortc 1.16 / aioice 0.13 leave a closed RTCPeerConnection in reference cycles "
-    "(RTCDtlsTransport's statechange listener, aioice's check list); signaling/peer.py must break them",
-)
 def test_peer_connections_are_freed_by_reference_counting(soaked: Soak) -> None:
     assert soaked.freed_by_refcount["RTCPeerConnection"] == 0, soaked.freed_by_refcount
 
