@@ -118,8 +118,8 @@ def _limit_malloc_arenas() -> None:
     keeps what they free for their own reuse. Sessions come and go on varying threads (aiortc's
     encoders on the default executor, a decoder thread per received track, the engine's worker),
     so each arena's high-water mark rises by chance and the RSS with it although the heap in use
-    stays flat (issue 7: 2 concurrent 1 s sessions grew the RSS by 2.8 MB per 100 cycles, 0.7 with
-    2 arenas). Later allocations, not memory already taken, follow the cap; not glibc: nothing.
+    stays flat (bench/soak.py --concurrency 2 shows it). Later allocations, not memory already
+    taken, follow the cap; on a libc other than glibc this does nothing.
     """
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
         return
