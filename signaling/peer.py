@@ -202,7 +202,7 @@ class Peer:
 
     def __init__(self, config: WebRtcConfig, session_id: str) -> None:
         self._config = config
-        self._session_id = session_id
+        self._log = logging.LoggerAdapter(log, {"session": session_id})
         self._pc: RTCPeerConnection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed = asyncio.Event()
@@ -241,7 +241,7 @@ class Peer:
         @pc.on("connectionstatechange")
         def _on_state() -> None:
             state = pc.connectionState
-            log.info("session %s: connection %s", self._session_id, state)
+            self._log.info("connection %s", state)
             if state in ("failed", "closed"):
                 self.failed.set()
 
