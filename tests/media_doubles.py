@@ -18,7 +18,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from scipy.signal import resample_poly
 
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
@@ -187,3 +187,15 @@ async def connect_in_process(session: Any, source: MediaStreamTrack) -> tuple[An
     set_audio_jitter_prefetch(client_audio.receiver, 0)
     await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     return client, server
+
+
+class SessionDouble:
+    """What a signaling.peer.Peer needs of a session: tracks to send, and where the received audio goes."""
+
+    def __init__(self, return_audio: bool) -> None:
+        self.video_track = VideoStreamTrack()
+        self.audio_track = AudioStreamTrack() if return_audio else None
+        self.attached: MediaStreamTrack | None = None
+
+    def attach_audio(self, track: MediaStreamTrack) -> None:
+        self.attached = track

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtp import RtpPacket
 
 from avatar.config import WebRtcConfig
@@ -13,16 +13,7 @@ from avatar.errors import ConfigError
 from signaling.ice import host_addresses, install_host_addresses, installed_host_addresses, rtc_configuration
 from signaling.messages import ProtocolError
 from signaling.peer import Peer, PromptAudioJitterBuffer
-
-
-class SessionDouble:
-    def __init__(self, return_audio: bool) -> None:
-        self.video_track = VideoStreamTrack()
-        self.audio_track = AudioStreamTrack() if return_audio else None
-        self.attached: MediaStreamTrack | None = None
-
-    def attach_audio(self, track: MediaStreamTrack) -> None:
-        self.attached = track
+from tests.media_doubles import SessionDouble
 
 
 async def _client_offer(

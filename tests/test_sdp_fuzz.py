@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 
 import signaling.peer
 from avatar.config import WebRtcConfig
@@ -25,20 +24,11 @@ from signaling.ice import host_addresses
 from signaling.messages import MAX_SDP_CHARS, ProtocolError
 from signaling.offer import check_offer
 from signaling.peer import Peer
+from tests.media_doubles import SessionDouble
 from tests.sdp_mutations import base_offers_sync, mutated_offers
 
 HOLD_S = 0.03  # an answered peer lives this long before it is closed: its ICE checks start
 SETTLE_S = 3.0  # how long the tasks of a closed peer may take to end
-
-
-class SessionDouble:
-    def __init__(self, return_audio: bool) -> None:
-        self.video_track = VideoStreamTrack()
-        self.audio_track = AudioStreamTrack() if return_audio else None
-        self.attached: MediaStreamTrack | None = None
-
-    def attach_audio(self, track: MediaStreamTrack) -> None:
-        self.attached = track
 
 
 async def make_session(return_audio: bool) -> SessionDouble:
