@@ -3,7 +3,8 @@
 `LoudnessGenerator` paints the whole frame one grey level that follows the RMS of the window around
 its frame time (the last 40 ms before t_k plus the lookahead), so a test can read "how loud was the
 audio of the frame I received" from any pixel, even after a lossy video codec. It records every
-batch it is stepped with, so batching across sessions can be checked.
+batch it is stepped with, so batching across sessions can be checked. `SessionDouble` is the
+least a `signaling.peer.Peer` needs of a session, for tests of the peer alone.
 """
 
 from __future__ import annotations
