@@ -8,7 +8,6 @@ server's metrics fed from the engine's steps, the sessions' frames and the portr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from typing import Any, Protocol
 
@@ -51,7 +50,7 @@ class Backend(Protocol):
 class AvatarBackend:
     """The real library: one generator and one InferenceEngine per process."""
 
-    def __init__(self, config: AppConfig, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, config: AppConfig, metrics: ServerMetrics) -> None:
         self._config = config
         self._metrics = metrics
         self._generator: Any = None
@@ -68,8 +67,7 @@ class AvatarBackend:
         self.portrait_names = list(builtin_portrait_names())
         self._generator = await asyncio.to_thread(load_generator, self._config)
         self._default = await asyncio.to_thread(default_portrait, self._config)
-        on_step = self._metrics.engine_step if self._metrics is not None else None
-        self._engine = InferenceEngine(self._generator, self._config.video, on_step=on_step)
+        self._engine = InferenceEngine(self._generator, self._config.video, on_step=self._metrics.engine_step)
         await self._engine.start()
 
     async def aclose(self) -> None:
@@ -84,7 +82,7 @@ class AvatarBackend:
     def builtin_portrait(self, name: str) -> Portrait:
         from avatar.portrait import load_builtin_portrait
 
-        with self._detect_lock, self._timed_decode():
+        with self._detect_lock, self._metrics.portrait_decode_seconds.time():
             return load_builtin_portrait(name, self._config.portrait, self._config.video)
 
     def uploaded_portrait(self, data: bytes) -> Portrait:
@@ -92,13 +90,8 @@ class AvatarBackend:
 
         # One face detection at a time: dlib's shared detector is not documented thread-safe, and
         # a burst of uploads must not starve the inference worker of CPU.
-        with self._detect_lock, self._timed_decode():
+        with self._detect_lock, self._metrics.portrait_decode_seconds.time():
             return load_portrait(data, self._config.portrait, self._config.video, name="upload")
-
-    def _timed_decode(self) -> Any:
-        if self._metrics is None:
-            return contextlib.nullcontext()
-        return self._metrics.portrait_decode_seconds.time()
 
     def new_session(self, portrait: Portrait, session_id: str, return_audio: bool) -> LiveSession:
         from avatar.session import AvatarSession
@@ -110,6 +103,6 @@ class AvatarBackend:
             portrait,
             session_id=session_id,
             return_audio=return_audio,
-            on_frame_ready=self._metrics.audio_to_frame_seconds.observe if self._metrics is not None else None,
+            on_frame_ready=self._metrics.audio_to_frame_seconds.observe,
         )
         return session
