@@ -19,7 +19,6 @@ import contextlib
 import functools
 import hmac
 import logging
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -109,12 +108,10 @@ class ClientConnection:
 
     # -- receiving -------------------------------------------------------------------------------
 
-    async def _recv(self, deadline_s: float | None = None) -> m.ClientMessage:
-        """The next message; TimeoutError after `deadline_s` (monotonic); _Closed when the socket goes."""
+    async def _recv(self, deadline: float | None = None) -> m.ClientMessage:
+        """The next message; TimeoutError after `deadline` (the loop's clock); _Closed when the socket goes."""
         # One deadline for the whole wait: aiohttp's own receive timeout restarts on every pong.
-        loop = asyncio.get_running_loop()
-        when = None if deadline_s is None else loop.time() + (deadline_s - time.monotonic())
-        async with asyncio.timeout_at(when):
+        async with asyncio.timeout_at(deadline):
             message = await self.ws.receive()
         if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
             return m.parse_client_message(
@@ -150,7 +147,7 @@ class ClientConnection:
     async def _greet(self) -> None:
         server = self.config.server
         try:
-            first = await self._recv(time.monotonic() + server.hello_timeout_s)
+            first = await self._recv(asyncio.get_running_loop().time() + server.hello_timeout_s)
         except TimeoutError:
             raise self._refuse(
                 Refusal(m.TIMEOUT, f"No hello arrived within {server.hello_timeout_s:g} s.", "hello_timeout")
@@ -182,7 +179,7 @@ class ClientConnection:
         self.log.info("welcome")
 
     async def _serve(self) -> None:
-        offer_deadline: float | None = time.monotonic() + self.config.server.offer_timeout_s
+        offer_deadline: float | None = asyncio.get_running_loop().time() + self.config.server.offer_timeout_s
         while True:
             try:
                 message = await self._recv(offer_deadline)
