@@ -153,14 +153,10 @@ async def _close_connection(pc: RTCPeerConnection) -> None:
         return
     except Exception as exc:
         log.debug("RTCPeerConnection.close failed (%s: %s); stopping its parts one by one", type(exc).__name__, exc)
-    parts: list[Any] = []
-    for transceiver in pc.getTransceivers():
-        parts.append(transceiver)
-        dtls = transceiver.receiver.transport
-        if dtls is not None:
-            parts += [dtls, dtls.transport]
-    for name in ("_RTCPeerConnection__dtlsTransports", "_RTCPeerConnection__iceTransports"):
-        parts += list(getattr(pc, name, ()))
+    parts: list[Any] = list(pc.getTransceivers())
+    for dtls in _dtls_transports(pc):
+        parts += [dtls, dtls.transport]
+    parts += list(getattr(pc, "_RTCPeerConnection__iceTransports", ()))
     for part in parts:
         with contextlib.suppress(Exception):
             await part.stop()
@@ -183,18 +179,23 @@ def _break_reference_cycles(pc: RTCPeerConnection) -> None:
     collection (rare on a busy server: its threshold grows with the objects alive) each closed
     connection keeps its receivers' buffers and bitrate estimators, its SRTP and DTLS state.
     """
-    transports = set(getattr(pc, "_RTCPeerConnection__dtlsTransports", ()))
-    for transceiver in pc.getTransceivers():
-        transports.update(t for t in (transceiver.sender.transport, transceiver.receiver.transport) if t is not None)
-    if pc.sctp is not None:
-        transports.add(pc.sctp.transport)
-    for dtls in transports:
+    for dtls in _dtls_transports(pc):
         with contextlib.suppress(Exception):
             dtls.remove_all_listeners()
         gatherer = getattr(dtls.transport, "iceGatherer", None)
         check_list = getattr(getattr(gatherer, "_connection", None), "_check_list", None)
         if isinstance(check_list, list):
             check_list.clear()
+
+
+def _dtls_transports(pc: RTCPeerConnection) -> set[Any]:
+    """Every DTLS transport of `pc`: its own list, its transceivers' and its SCTP transport's."""
+    transports = set(getattr(pc, "_RTCPeerConnection__dtlsTransports", ()))
+    for transceiver in pc.getTransceivers():
+        transports.update(t for t in (transceiver.sender.transport, transceiver.receiver.transport) if t is not None)
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    return transports
 
 
 class Peer:
