@@ -125,7 +125,6 @@ class Ticket:
     address: str
     evict: Evict
     stage: Stage = Stage.PENDING
-    since_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,6 @@ class Admission:
         on_evict: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
-        self._now = now
         self._on_evict = on_evict  # (reason) for metrics
         self._pending: dict[Ticket, None] = {}  # insertion-ordered: the oldest first
         self._waiting: dict[Ticket, None] = {}
@@ -191,7 +189,7 @@ class Admission:
             self._evict(oldest, "pending_per_address", "timeout", message)
         if len(self._pending) >= self.config.max_pending_connections:
             self._evict(next(iter(self._pending)), "pending_total", "busy", "Too many connections are opening at once.")
-        ticket = Ticket(address, evict, Stage.PENDING, self._now())
+        ticket = Ticket(address, evict)
         self._pending[ticket] = None
         self._pending_by_address[address] += 1
         return ticket
@@ -216,7 +214,7 @@ class Admission:
         if len(self._waiting) >= self.config.max_waiting_clients:
             self._evict(next(iter(self._waiting)), "waiting_total", "busy", "Too many clients are waiting to start.")
         self._leave(ticket)
-        ticket.stage, ticket.since_s = Stage.WAITING, self._now()
+        ticket.stage = Stage.WAITING
         self._waiting[ticket] = None
         return None
 
@@ -225,7 +223,7 @@ class Admission:
         if ticket.stage is not Stage.WAITING or not self.slot_free():
             return False
         self._leave(ticket)
-        ticket.stage, ticket.since_s = Stage.ACTIVE, self._now()
+        ticket.stage = Stage.ACTIVE
         self._active.add(ticket)
         return True
 
