@@ -183,6 +183,39 @@ class RenderConfig:
         _check(0 <= self.crf <= 51, "render.crf", "must be in 0..51")
 
 
+MARK_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+@dataclass(frozen=True)
+class DisclosureConfig:
+    """How every output says it is synthetic: the visible label, the invisible watermark, and the
+    content credentials of renders (signed with the operator's certificate, else a local chain)."""
+
+    mark: bool = True
+    mark_text: str = "AI-generated"
+    mark_corner: str = "bottom-right"
+    watermark: bool = True
+    service_id: int = 1
+    content_credentials: bool = True
+    signing_certificate: str = ""
+    signing_key: str = ""
+    credentials_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.mark_corner in MARK_CORNERS, "disclosure.mark_corner", f"must be one of {', '.join(MARK_CORNERS)}")
+        _check(
+            0 < len(self.mark_text) <= 40 and self.mark_text.isprintable(),
+            "disclosure.mark_text",
+            "must be 1..40 printable characters",
+        )
+        _check(0 <= self.service_id <= 0xFFFF, "disclosure.service_id", "must be in 0..65535")
+        _check(
+            bool(self.signing_certificate) == bool(self.signing_key),
+            "disclosure.signing_certificate",
+            "give both signing_certificate and signing_key, or neither",
+        )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -259,6 +292,7 @@ class AppConfig:
     tgan: TganConfig = field(default_factory=TganConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    disclosure: DisclosureConfig = field(default_factory=DisclosureConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
 
