@@ -29,3 +29,8 @@ class CheckpointError(GeneratorError):
 
 class DeviceError(AvatarError):
     """A sound or compute device that is asked for but not present."""
+
+
+class CredentialsError(AvatarError):
+    """Content credentials (C2PA) that cannot be made or read: a signing certificate or key that is
+    missing or invalid, a local chain that cannot be created, or a file no reader can parse."""

@@ -8,7 +8,9 @@ muxed beside the video, interleaved, so a long render never holds the whole vide
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from av.video.stream import VideoStream
 from tqdm import tqdm
 
 from avatar.audio import load_audio_file
-from avatar.config import SAMPLE_RATE_HZ, AppConfig
+from avatar.config import SAMPLE_RATE_HZ, AppConfig, DisclosureConfig
+from avatar.disclosure.credentials import default_credentials_dir, read_credentials, sign_video
 from avatar.errors import AudioError
 from avatar.generators import load_generator
 from avatar.microphone import record_microphone
@@ -39,6 +42,8 @@ class RenderResult:
     frames: int
     duration_s: float
     drives: list[dict[str, float]]
+    # What read_credentials says of the output; None when content credentials are off.
+    content_credentials: dict | None = None
 
 
 def _decoded_audio_frames(path: Path) -> Iterator[av.AudioFrame]:
@@ -126,12 +131,23 @@ def render_file(
     say: str | None = None,
     record_s: float | None = None,
     progress: bool = True,
+    credentials_dir: Path | None = None,
 ) -> RenderResult:
     """Render `audio_path` (or `say`, spoken with espeak-ng, or `record_s` seconds recorded from the
-    microphone) on a portrait into `out_path`."""
+    microphone) on a portrait into `out_path`.
+
+    With `[disclosure] content_credentials` on, the output is signed (C2PA) with the operator's
+    certificate or the local chain in `credentials_dir` (else `[disclosure] credentials_dir`, else
+    the user's data directory: this entry point is where the environment may be read for it)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="avatar-render-") as tmp:
+    disclosure = config.disclosure
+    if credentials_dir is None and disclosure.content_credentials:
+        credentials_dir = (
+            Path(disclosure.credentials_dir).expanduser() if disclosure.credentials_dir else default_credentials_dir()
+        )
+    credentials: dict | None = None
+    with tempfile.TemporaryDirectory(prefix="avatar-render-") as tmp, _video_file(out_path, disclosure) as video_path:
         if say is not None:
             audio_path = synthesize_speech(say, Path(tmp) / "say.wav")
         elif record_s is not None:
@@ -147,13 +163,14 @@ def render_file(
                 Path(portrait_path), config.portrait, config.video, landmarks=landmarks_path
             )
         generator = load_generator(config)
+        session_number = secrets.randbits(32)  # the watermark's session number, also in the credentials
         stream = generator.new_stream(portrait, seed=config.generator.seed)
         total_frames = -(-len(samples) * config.video.fps // SAMPLE_RATE_HZ)
         log.info(
             "rendering %.2f s of audio on %r with %s on %s: %d frames",
             len(samples) / SAMPLE_RATE_HZ, portrait.name, generator.name, generator.device, total_frames,
         )
-        muxer = _Muxer(out_path, config, audio_path)
+        muxer = _Muxer(video_path, config, audio_path)
         drives: list[dict[str, float]] = []
         try:
             with tqdm(total=total_frames, unit="frame", disable=not progress, desc="render") as bar:
@@ -164,6 +181,37 @@ def render_file(
                     bar.update(1)
         finally:
             muxer.close()
+        if disclosure.content_credentials and credentials_dir is not None:
+            sign_video(
+                video_path,
+                out_path,
+                disclosure,
+                credentials_dir=credentials_dir,
+                portrait_name=portrait.name,
+                audio_name=audio_path.name,
+                watermark={"service_id": disclosure.service_id, "session": session_number},
+            )
+            credentials = read_credentials(out_path)
     return RenderResult(
-        out_path=out_path, frames=len(drives), duration_s=len(drives) / config.video.fps, drives=drives
+        out_path=out_path,
+        frames=len(drives),
+        duration_s=len(drives) / config.video.fps,
+        drives=drives,
+        content_credentials=credentials,
     )
+
+
+@contextlib.contextmanager
+def _video_file(out_path: Path, disclosure: DisclosureConfig) -> Iterator[Path]:
+    """Where the muxer writes: `out_path` itself when content credentials are off, else a hidden file
+    beside it that sign_video turns into `out_path`, removed however the render ends (so a failure
+    never leaves an unsigned or half-signed file at `out_path`)."""
+    if not disclosure.content_credentials:
+        log.warning("content credentials are off: %s will carry no signed C2PA manifest", out_path)
+        yield out_path
+        return
+    unsigned = out_path.with_name(f".{out_path.stem}.{secrets.token_hex(4)}.unsigned{out_path.suffix}")
+    try:
+        yield unsigned
+    finally:
+        unsigned.unlink(missing_ok=True)
