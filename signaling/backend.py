@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from avatar.config import AppConfig
 from avatar.portrait import Portrait
+from signaling.messages import Disclosure
 from signaling.metrics import ServerMetrics
 from signaling.peer import MediaSession
 
@@ -35,6 +37,8 @@ class Backend(Protocol):
     portrait_names: list[str]
 
     async def start(self) -> None: ...
+
+    def disclosure(self) -> Disclosure: ...  # what every frame carries, as welcome reports it
 
     async def aclose(self) -> None: ...
 
@@ -74,6 +78,19 @@ class AvatarBackend:
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.aclose()
+
+    def disclosure(self) -> Disclosure:
+        """What the frames carry, as the generator's disclosure stage says (it is the one that marks
+        them; a generator without a stage marks nothing); before start(), as the configuration says."""
+        if self._generator is not None and hasattr(self._generator, "disclosure"):
+            stage = self._generator.disclosure
+            if stage is None:
+                return Disclosure(mark=False, watermark=False)
+            summary = getattr(stage, "summary", None)
+            if isinstance(summary, Mapping):
+                return Disclosure(mark=bool(summary.get("mark")), watermark=bool(summary.get("watermark")))
+        configured = self._config.disclosure
+        return Disclosure(mark=configured.mark, watermark=configured.watermark)
 
     def default_portrait(self) -> Portrait:
         assert self._default is not None, "start() first"

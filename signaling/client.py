@@ -174,6 +174,7 @@ class ClientConnection:
                 width=video.width_px,
                 height=video.height_px,
                 portraits=tuple(self.backend.portrait_names),
+                disclosure=self.backend.disclosure(),
             )
         )
         self.log.info("welcome")

@@ -89,12 +89,21 @@ ClientMessage = Hello | PortraitRequest | PortraitUpload | Offer | Bye
 
 
 @dataclass(frozen=True)
+class Disclosure:
+    """What the server's frames carry to say they are synthetic (`[disclosure]`)."""
+
+    mark: bool  # the visible label drawn into every frame
+    watermark: bool  # the invisible watermark `avatar verify` finds
+
+
+@dataclass(frozen=True)
 class Welcome:
     session: str
     fps: int
     width: int
     height: int
     portraits: tuple[str, ...]
+    disclosure: Disclosure | None = None  # the server always sends it; None leaves the key out
     type: str = field(default="welcome", init=False)
 
 
@@ -224,6 +233,8 @@ def to_dict(message: ServerMessage | ClientMessage) -> dict[str, Any]:
             height=message.height,
             portraits=list(message.portraits),
         )
+        if message.disclosure is not None:
+            out["disclosure"] = {"mark": message.disclosure.mark, "watermark": message.disclosure.watermark}
     elif isinstance(message, PortraitReply):
         out.update(ok=message.ok, width=message.width, height=message.height, face=list(message.face))
         if message.name:

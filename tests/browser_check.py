@@ -5,8 +5,8 @@ both WebRTC ends can only meet on 127.0.0.1. The server runs in this process (a 
 event loop); Chromium gets the flags of DESIGN.md section 4 and a fake microphone playing a WAV.
 
 Scenarios: `talk` (upload refused, built-in portrait, Start, the mouth moves, Stop) and `idle` (a
-short offer_timeout_s and max_session_s: the page waits past the timeout, then Start, then the
-session reaches its maximum length). Both record the browser console and every Content-Security-
+short offer_timeout_s and max_session_s, the visible mark off: the page waits past the timeout, then
+Start, then the session reaches its maximum length). Both record the browser console and every Content-Security-
 Policy violation from before the page's first script runs, and what each WebSocket sent.
 
     python tests/browser_check.py --wav SPEECH.wav [--scenario talk|idle] [--screenshot /tmp/page.png]
@@ -71,6 +71,21 @@ pc.getStats().then((report) => {
 
 # Installed before any script of the page runs (CDP, so the page's CSP does not apply to it):
 # records CSP violations, and the types of the messages each WebSocket sends, in window objects.
+# The page's "AI-generated" label: shown, on top (nothing covers it), and where it sits by the video.
+DISCLOSURE_JS = """
+const el = document.getElementById('disclosure');
+const badge = el.querySelector('.disclosure-badge');
+const r = badge.getBoundingClientRect(), f = document.getElementById('frame').getBoundingClientRect();
+const cs = getComputedStyle(el);
+const hit = r.width > 0 ? document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) : null;
+return {
+  visible: !el.hidden && cs.display !== 'none' && cs.visibility === 'visible' && Number(cs.opacity) > 0.9
+    && r.width > 0 && r.height > 0 && !!hit && el.contains(hit),
+  badge: badge.innerText, text: el.innerText,
+  gap_px: Math.round(r.top - f.bottom), left_px: Math.round(r.left - f.left),
+};
+"""
+
 WATCH_JS = """
 window.__csp = [];
 document.addEventListener('securitypolicyviolation', (e) => {
@@ -207,6 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the server and Chromium, run the scenario, and always report the console."""
     if args.scenario == "idle":
         config = make_config(args, offer_timeout_s=args.offer_timeout, max_session_s=args.max_session, token=TOKEN)
+        # An operator who turned the visible mark off: the page still says the video is synthetic.
+        config = with_overrides(config, disclosure={"mark": False})
     else:
         config = make_config(args)
     result: dict[str, Any] = {"scenario": args.scenario}
@@ -283,6 +300,7 @@ def run_talk(
     if not portrait:
         raise RuntimeError("no portrait reply")
     result["portrait"] = portrait
+    result["disclosure_before_start"] = driver.execute_script(DISCLOSURE_JS)
     start.click()
     t_start = time.monotonic()
     first = wait_for(lambda: frames_decoded(driver) > 0, 20, 0.2)
@@ -319,11 +337,13 @@ def run_talk(
     result["mouth_diff_p90"] = round(float(np.percentile(per_frame, 90)), 2)
     result["mouth_diff_min"] = round(float(per_frame.min()), 2)
     result["stats_line"] = driver.find_element(By.ID, "stats").text
+    result["disclosure"] = driver.execute_script(DISCLOSURE_JS)
     if args.screenshot:
         driver.save_screenshot(str(args.screenshot))
     result["sessions_before_stop"] = server.server.active_sessions
     driver.find_element(By.ID, "stop").click()
     result["session_ended_on_stop"] = wait_for(lambda: server.server.active_sessions == 0, 10)
+    result["disclosure_after_stop"] = driver.execute_script(DISCLOSURE_JS)
     result["sockets"] = driver.execute_script("return window.__sockets")
 
 
@@ -388,6 +408,7 @@ def run_idle(
     result["frames_decoded"] = [f1, f2]
     result["decoded_fps"] = round((f2 - f1) / (t2 - t1), 2)
     result["session_page"] = driver.execute_script(PAGE_JS)
+    result["disclosure"] = driver.execute_script(DISCLOSURE_JS)
     result["sessions_started"] = server.server.active_sessions
     if args.screenshot:
         driver.save_screenshot(str(args.screenshot))

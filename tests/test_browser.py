@@ -98,6 +98,15 @@ def test_page_in_chromium_talks(fake_mic_wav: Path) -> None:
     assert result["grabs"] >= 40
     assert result["mouth_diff_max"] > 4.0, result
     assert result["mouth_diff_p90"] > 1.5 * result["mouth_diff_min"], result
+    # Whenever the video shows, the page says it is synthetic, right under the video, and what the
+    # server's frames carry (welcome.disclosure: here the visible label and the watermark).
+    label = result["disclosure"]
+    assert label["visible"] is True, label
+    assert label["badge"] == "AI-generated", label
+    assert "labelled and watermarked" in label["text"], label
+    assert 0 <= label["gap_px"] <= 24 and 0 <= label["left_px"] <= 24, label
+    assert result["disclosure_before_start"]["visible"] is False  # no video yet, the placeholder shows
+    assert result["disclosure_after_stop"]["visible"] is False
     # Stop ended the session; the page opens no socket until it needs one.
     assert result["sessions_before_stop"] == 1, result
     assert result["session_ended_on_stop"] is True, result
@@ -145,6 +154,10 @@ def test_page_waits_past_offer_timeout_then_starts(fake_mic_wav: Path) -> None:
     first, last = result["frames_decoded"]
     assert last > first + 30, result["frames_decoded"]
     assert 18.0 <= result["decoded_fps"] <= 27.0, result["decoded_fps"]
+    # This server draws no label into its frames: the page's own label says so, and still shows.
+    label = result["disclosure"]
+    assert label["visible"] is True and label["badge"] == "AI-generated", label
+    assert "(watermarked)" in label["text"] and "no label" in label["text"], label
 
     # max_session_s: the session ends with a message a person understands, and the page waits.
     ended = result["ended_page"]

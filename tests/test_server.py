@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 from PIL import Image
 
 from avatar.config import AppConfig, with_overrides
+from avatar.disclosure.mark import VisibleMark
 from avatar.speech import synthesize_speech
 from signaling.server import SignalingServer
 from tests.conftest import SENTENCE
@@ -154,6 +156,7 @@ async def test_session_end_to_end(server: SignalingServer, talk_wav: Path) -> No
         assert welcome["type"] == "welcome"
         assert (welcome["fps"], welcome["width"], welcome["height"]) == (25, 256, 256)
         assert "astronaut" in welcome["portraits"] and welcome["session"]
+        assert welcome["disclosure"] == {"mark": True, "watermark": True}
 
         await client.send({"type": "portrait", "name": "astronaut"})
         portrait = await client.recv()
@@ -223,6 +226,81 @@ async def test_video_only_session(server: SignalingServer) -> None:
         assert len(client.received.video_times) > 25
         assert not client.received.audio_times
     await _settle(server)
+
+
+# --------------------------------------------------------------------------------------------------
+# Disclosure: welcome says what the frames carry, and the frames carry the visible label
+
+
+async def test_welcome_reports_disclosure_from_the_stage_else_the_config() -> None:
+    from signaling.backend import AvatarBackend
+    from signaling.messages import Disclosure, Welcome, dump
+    from signaling.metrics import ServerMetrics
+
+    config = with_overrides(server_config(), disclosure={"mark": False})
+    backend = AvatarBackend(config, ServerMetrics())
+    assert backend.disclosure() == Disclosure(mark=False, watermark=True)  # no generator yet: the config
+
+    class Stage:
+        summary = {"mark": True, "watermark": False}
+
+    class Generator:
+        disclosure = Stage()
+
+    backend._generator = Generator()  # the stage that marks the frames is the one that says so
+    assert backend.disclosure() == Disclosure(mark=True, watermark=False)
+    welcome = Welcome("s", 25, 256, 256, ("astronaut",), disclosure=backend.disclosure())
+    assert json.loads(dump(welcome))["disclosure"] == {"mark": True, "watermark": False}
+    Generator.disclosure = None  # type: ignore[assignment]  # a generator loaded without a stage marks nothing
+    assert backend.disclosure() == Disclosure(mark=False, watermark=False)
+
+
+def _label_layers(width: int, height: int) -> tuple[VisibleMark, np.ndarray, np.ndarray]:
+    """The server's mark as configured, with its premultiplied colour and alpha inside its box."""
+    d = server_config().disclosure
+    mark = VisibleMark(d.mark_text, d.mark_corner, width, height, torch.device("cpu"))
+    on_black = mark.apply(torch.zeros(1, 3, height, width)).numpy()[0]
+    on_white = mark.apply(torch.ones(1, 3, height, width)).numpy()[0]
+    x, y, w, h = mark.box
+    colour = on_black[:, y : y + h, x : x + w].mean(axis=0)
+    alpha = 1.0 - (on_white - on_black)[0, y : y + h, x : x + w]
+    return mark, colour, alpha
+
+
+@pytest.mark.slow
+async def test_live_frames_carry_the_visible_mark(server: SignalingServer) -> None:
+    generator = getattr(server.backend, "_generator", None)
+    if getattr(generator, "disclosure", None) is None:
+        pytest.skip("waits for the generators' disclosure stage (generator.disclosure): no frame is marked yet")
+    async with Client(server.url) as client:
+        welcome = await client.hello(TOKEN)
+        assert welcome["disclosure"] == {"mark": True, "watermark": True}
+        assert (await client.offer(None, return_audio=False))["type"] == "answer"
+        await asyncio.sleep(2.5)
+        frames = [
+            f for f, t in zip(client.received.video_frames, client.received.video_frame_times, strict=True) if t > 0.8
+        ]
+    await _settle(server)
+    assert len(frames) > 20, len(frames)
+
+    mark, colour, alpha = _label_layers(256, 256)
+    x, y, w, h = mark.box
+    plain = server.backend.default_portrait().rgb.astype(np.float32) / 255.0  # the same portrait, unmarked
+    marked = mark.apply(torch.from_numpy(plain).permute(2, 0, 1)[None].clone())[0].permute(1, 2, 0).numpy()
+    text = colour > 0.85  # where the label is white text
+    pill = (alpha > 0.5) & (colour < 0.2)  # where it is the dark pill
+    for frame in frames[:: max(1, len(frames) // 10)]:
+        got = frame.astype(np.float32) / 255.0
+        box = (slice(y, y + h), slice(x, x + w))
+        to_marked = np.abs(got[box] - marked[box]).mean()
+        to_plain = np.abs(got[box] - plain[box]).mean()
+        assert to_marked < 0.5 * to_plain, (to_marked, to_plain)
+        grey = got[box].mean(axis=2)
+        assert grey[text].mean() - grey[pill].mean() > 0.4, (grey[text].mean(), grey[pill].mean())
+        assert grey[pill].mean() < plain[box].mean(axis=2)[pill].mean() - 0.15  # darker than the portrait there
+        # Outside the label the frame is the portrait (the mouth may move, the corners may not).
+        corner = (slice(y - 20, y - 4), slice(x, x + w))
+        assert np.abs(got[corner] - plain[corner]).mean() < 0.04
 
 
 # --------------------------------------------------------------------------------------------------

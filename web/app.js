@@ -14,6 +14,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     frame: $("frame"), video: $("video"), placeholderText: $("placeholder-text"),
+    disclosure: $("disclosure"), disclosureText: $("disclosure-text"),
     start: $("start"), stop: $("stop"), state: $("state"), stats: $("stats"),
     builtins: $("builtins"), drop: $("drop"), file: $("file"), portraitStatus: $("portrait-status"),
     error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
@@ -86,6 +87,24 @@
     return base;
   }
 
+  // ---- disclosure: the portrait is synthetic, and the page says so whenever a video shows ---------
+  // welcome.disclosure says what the server puts into every frame: a visible label (mark) and an
+  // invisible watermark. The page's own label does not depend on either.
+  function disclosureText(d) {
+    if (!d || typeof d.mark !== "boolean" || typeof d.watermark !== "boolean") {
+      return "Synthetic video, made from a still photo.";
+    }
+    if (d.mark && d.watermark) return "Synthetic video, labelled and watermarked.";
+    if (d.mark) return "Synthetic video, labelled (this server adds no watermark).";
+    if (d.watermark) return "Synthetic video (watermarked). This server draws no label into the frames.";
+    return "Synthetic video. This server adds no label and no watermark to the frames.";
+  }
+
+  function showDisclosure(visible) {
+    ui.disclosureText.textContent = disclosureText(app.welcome && app.welcome.disclosure);
+    ui.disclosure.hidden = !visible;
+  }
+
   // ---- the signaling socket -------------------------------------------------------------------
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -148,6 +167,7 @@
 
   function onWelcome(msg) {
     app.welcome = msg;
+    showDisclosure(!ui.disclosure.hidden); // a fresh session's server may say otherwise
     app.lostCount = 0;
     const names = msg.portraits.join("\n");
     if (ui.builtins.dataset.names !== names) {
@@ -410,7 +430,10 @@
       }
       ui.video.play().catch(() => {});
     });
-    ui.video.addEventListener("playing", () => ui.frame.classList.add("live"), { once: true });
+    ui.video.addEventListener("playing", () => {
+      ui.frame.classList.add("live");
+      showDisclosure(true);
+    }, { once: true });
     pc.addEventListener("connectionstatechange", () => {
       const state = pc.connectionState;
       if (state === "connected" && app.pc === pc) setState("Live: speak!");
@@ -450,6 +473,7 @@
     app.mic = null;
     ui.video.srcObject = null;
     ui.frame.classList.remove("live");
+    showDisclosure(false);
     app.running = false;
     app.serverStats = null;
     app.videoStats = null;
