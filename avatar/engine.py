@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -198,8 +199,10 @@ class InferenceEngine:
             raise EngineClosed("the engine is not running")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def new_stream(self, portrait: Any, seed: int) -> GeneratorStream:
-        return await self.call(self.generator.new_stream, portrait, seed)
+    async def new_stream(self, portrait: Any, seed: int, session_number: int = 0) -> GeneratorStream:
+        """A generator stream for one session; `session_number` is what its frames' watermark carries."""
+        make = functools.partial(self.generator.new_stream, session_number=session_number)
+        return await self.call(make, portrait, seed)
 
     async def warm_up(self, portrait: Any, windows: WindowConfig, steps: int = 3) -> None:
         """Once per engine: a few steps of a throwaway stream on silence. A generator's first steps

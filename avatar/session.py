@@ -74,6 +74,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from avatar.audio import AudioNormalizer
 from avatar.clock import Clock, SessionClock
 from avatar.config import SAMPLE_RATE_HZ, AppConfig
+from avatar.disclosure.payload import session_number
 from avatar.engine import EngineClosed, EngineHandle, EngineOverloaded, InferenceEngine
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
 from avatar.portrait import Portrait
@@ -125,6 +126,7 @@ class AvatarSession:
         self.clock: Clock = clock or SessionClock()
         self.seed = config.generator.seed + (seed if seed is not None else abs(hash(session_id)) % 100_000)
         self.log = logging.LoggerAdapter(logger, {"session": session_id})
+        self.session_number = session_number(session_id)  # what the watermark of its frames carries
         self.fps = config.video.fps
         self.lookahead_s = config.windows.lookahead_s
         self.generation_budget_s = generation_budget_s
@@ -190,7 +192,9 @@ class AvatarSession:
         if self._started.is_set() or self._closed:
             return
         await self.engine.warm_up(self.portrait, self.config.windows)
-        self._stream = await self.engine.new_stream(self.portrait, self.seed)
+        self._stream = await self.engine.new_stream(self.portrait, self.seed, self.session_number)
+        # The one record tying a watermark found in a video (`avatar verify`) to this session's id.
+        self.log.info("watermark session number %08x", self.session_number)
         idle = await self.engine.call(self.generator.idle_frame, self._stream)
         if self._closed:  # closed while we were waiting on the engine
             return

@@ -22,7 +22,7 @@ import torch
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from scipy.signal import resample_poly
 
-from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
+from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.portrait import Portrait
 from avatar.windows import AudioWindow
 
@@ -36,17 +36,25 @@ class LoudnessStream(GeneratorStream):
         self.seed = seed
 
 
-class LoudnessGenerator(FrameGenerator):
+class LoudnessGenerator(FrameGenerator[LoudnessStream]):
     name = "loudness"
+    stream_type = LoudnessStream
 
-    def __init__(self, width_px: int = 64, height_px: int = 64, fps: int = 25, step_s: float = 0.0) -> None:
-        super().__init__(torch.device("cpu"), width_px, height_px, fps)
+    def __init__(
+        self,
+        width_px: int = 64,
+        height_px: int = 64,
+        fps: int = 25,
+        step_s: float = 0.0,
+        disclosure: FrameStage | None = None,
+    ) -> None:
+        super().__init__(torch.device("cpu"), width_px, height_px, fps, disclosure)
         self.step_s = step_s
         self.batches: list[list[tuple[int, int]]] = []  # per step: (stream seed, frame index)
         self.threads: set[str] = set()
         self._lock = threading.Lock()
 
-    def new_stream(self, portrait: Portrait, seed: int) -> LoudnessStream:
+    def _new_stream(self, portrait: Portrait, seed: int) -> LoudnessStream:
         return LoudnessStream(seed)
 
     def level(self, window: AudioWindow) -> int:
@@ -54,22 +62,26 @@ class LoudnessGenerator(FrameGenerator):
         rms = float(np.sqrt(np.mean(np.square(around, dtype=np.float64)))) if around.size else 0.0
         return int(min(LOUD_LEVEL, REST_LEVEL + rms * 2000.0))
 
-    def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
+    def _generate(
+        self, streams: Sequence[LoudnessStream], windows: Sequence[AudioWindow]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         with self._lock:
             self.threads.add(threading.current_thread().name)
-            self.batches.append([(s.seed, w.frame_index) for s, w in zip(streams, windows, strict=True)])  # type: ignore[attr-defined]
+            self.batches.append([(s.seed, w.frame_index) for s, w in zip(streams, windows, strict=True)])
         if self.step_s:
             time.sleep(self.step_s)
-        frames = []
-        for stream, window in zip(streams, windows, strict=True):
-            level = self.level(window)
-            rgb = np.full((self.height_px, self.width_px, 3), level, dtype=np.uint8)
-            frames.append(GeneratedFrame(rgb, {"level": float(level), "index": float(window.frame_index)}))
+        levels = [self.level(window) for window in windows]
+        frames = torch.tensor(levels, dtype=torch.float32).div(255.0)[:, None, None, None]
+        frames = frames.expand(-1, 3, self.height_px, self.width_px).clone()
+        drives = [
+            {"level": float(level), "index": float(w.frame_index)} for level, w in zip(levels, windows, strict=True)
+        ]
+        for stream in streams:
             stream.frame_index += 1
-        return frames
+        return frames, drives
 
-    def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
-        return np.full((self.height_px, self.width_px, 3), REST_LEVEL, dtype=np.uint8)
+    def _rest_frame(self, stream: LoudnessStream) -> torch.Tensor:
+        return torch.full((3, self.height_px, self.width_px), REST_LEVEL / 255.0)
 
 
 def flat_portrait(width_px: int = 64, height_px: int = 64) -> Portrait:

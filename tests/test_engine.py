@@ -5,11 +5,11 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from media_doubles import LOUD_LEVEL, REST_LEVEL, LoudnessGenerator, flat_portrait, window
+import torch
+from media_doubles import LOUD_LEVEL, REST_LEVEL, LoudnessGenerator, LoudnessStream, flat_portrait, window
 
 from avatar.config import VideoConfig
 from avatar.engine import EngineClosed, EngineOverloaded, InferenceEngine
-from avatar.generators.base import GeneratedFrame, GeneratorStream
 from avatar.windows import AudioWindow
 
 VIDEO = VideoConfig(fps=25, width_px=64, height_px=64)
@@ -96,10 +96,12 @@ async def test_closing_a_handle_cancels_its_waiting_windows(engine: InferenceEng
 
 
 class FailingGenerator(LoudnessGenerator):
-    def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
+    def _generate(
+        self, streams: Sequence[LoudnessStream], windows: Sequence[AudioWindow]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
         if any(w.frame_index == 1 for w in windows):
             raise RuntimeError("boom")
-        return super().step(streams, windows)
+        return super()._generate(streams, windows)
 
 
 async def test_a_failing_step_fails_its_batch_and_the_engine_goes_on() -> None:

@@ -15,7 +15,8 @@ and `TganModel.step` (streaming, one frame) compute the same frames.
 The model sees an axis-aligned crop of the face (`face_crop_box`, from the 68 landmarks; the
 training data is cropped by the same function). `TganGenerator` pastes each generated crop back into
 the portrait, at the output size, with a feathered edge, so the picture outside the face stays the
-portrait's own.
+portrait's own. The paste runs on the device (each stream keeps its portrait there as floats): the
+frames leave as one batch, through the disclosure stage (base.py), like every generator's.
 
 Checkpoints are safetensors files: the generator's tensors, with the architecture (TganConfig as
 JSON), the window and fps it was trained for and the step in the metadata (`save_tgan`,
@@ -39,7 +40,7 @@ from torch import nn
 
 from avatar.config import AppConfig, TganConfig, VideoConfig, WindowConfig
 from avatar.errors import CheckpointError, GeneratorError
-from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream, checked_streams
+from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.portrait import Portrait
 from avatar.windows import AudioWindow
 
@@ -477,13 +478,13 @@ class TganStream(GeneratorStream):
         self.noise_hidden: torch.Tensor | None = None  # [1, 1, Nz]
         self.rng = rng  # CPU generator of this stream's noise
         self.box = box  # (x, y, w, h) of the face crop in output pixels (integers, may leave the image)
+        self.canvas = canvas  # [3, H_out, W_out] the portrait, floats 0..1, on the device
         # The part of the box inside the picture: (x0, y0, x1, y1) in output pixels.
-        height, width = portrait.rgb.shape[:2]
+        height, width = canvas.shape[-2:]
         x, y, w, h = box
         self.region = (max(x, 0), max(y, 0), max(min(x + w, width), max(x, 0)), max(min(y + h, height), max(y, 0)))
         x0, y0, x1, y1 = self.region
         self.mask = mask[:, y0 - y : y1 - y, x0 - x : x1 - x]  # [1, rh, rw] feathered paste weight, on the device
-        self.background = canvas[:, y0:y1, x0:x1]  # [3, rh, rw] the portrait there, floats 0..255, on the device
 
 
 def _feather_mask(h: int, w: int, feather: float) -> torch.Tensor:
@@ -496,25 +497,39 @@ def _feather_mask(h: int, w: int, feather: float) -> torch.Tensor:
     return (ramp * ramp * (3 - 2 * ramp)).unsqueeze(0)  # smoothstep
 
 
-class TganGenerator(FrameGenerator):
+class TganGenerator(FrameGenerator[TganStream]):
     """The trained temporal GAN behind the FrameGenerator interface.
 
     Output: each generated face crop is resized to its box in the portrait and pasted over it with a
-    feathered edge (12% of the box's smaller side), at the output size. `drive` is empty: this model
-    has no explicit drive values.
+    feathered edge (12% of the box's smaller side), at the output size, on the device. `drive` is
+    empty: this model has no explicit drive values.
     """
 
     name = "tgan"
+    stream_type = TganStream
 
-    def __init__(self, model: TganModel, video: VideoConfig, windows: WindowConfig, device: torch.device) -> None:
-        super().__init__(device, video.width_px, video.height_px, video.fps)
+    def __init__(
+        self,
+        model: TganModel,
+        video: VideoConfig,
+        windows: WindowConfig,
+        device: torch.device,
+        *,
+        disclosure: FrameStage | None = None,
+    ) -> None:
+        super().__init__(device, video.width_px, video.height_px, video.fps, disclosure)
         self.model = model.to(device).eval()
         self.config = model.config
         self.window_samples = windows.total_samples
 
     @torch.no_grad()
-    def new_stream(self, portrait: Portrait, seed: int) -> TganStream:
+    def _new_stream(self, portrait: Portrait, seed: int) -> TganStream:
         c = self.config
+        if portrait.rgb.shape != (self.height_px, self.width_px, 3):
+            raise GeneratorError(
+                f"the tgan generator needs a portrait at the output size {self.width_px}x{self.height_px}, "
+                f"got an image of shape {portrait.rgb.shape}"
+            )
         x, y, w, h = face_crop_box(portrait.landmarks, c.height_px, c.width_px)
         box = (round(x), round(y), max(round(w), 2), max(round(h), 2))
         face = crop_face(
@@ -524,8 +539,8 @@ class TganGenerator(FrameGenerator):
         features = self.model.encode_identity(identity)
         rng = torch.Generator().manual_seed(int(seed))
         mask = _feather_mask(box[3], box[2], max(2.0, 0.12 * min(box[2], box[3]))).to(self.device)
-        canvas = torch.from_numpy(np.ascontiguousarray(portrait.rgb)).permute(2, 0, 1).float()
-        return TganStream(portrait, identity, features, rng, box, mask, canvas.to(self.device))
+        canvas = torch.from_numpy(np.ascontiguousarray(portrait.rgb)).to(self.device).permute(2, 0, 1).float() / 255.0
+        return TganStream(portrait, identity, features, rng, box, mask, canvas.contiguous())
 
     @torch.no_grad()
     def generate(self, streams: Sequence[TganStream], windows: Sequence[AudioWindow]) -> torch.Tensor:
@@ -555,35 +570,45 @@ class TganGenerator(FrameGenerator):
         assert frames.shape[0] == batch
         return frames
 
-    @torch.no_grad()
-    def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
-        tgan_streams = checked_streams(streams, windows, TganStream, self.name)
-        if not tgan_streams:
-            return []
-        crops = self.generate(tgan_streams, windows)
-        return [GeneratedFrame(rgb=self._paste(stream, crop)) for stream, crop in zip(tgan_streams, crops, strict=True)]
+    def _generate(
+        self, streams: Sequence[TganStream], windows: Sequence[AudioWindow]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        crops = self.generate(streams, windows)
+        return self.paste(streams, crops), [{} for _ in streams]
 
-    def _paste(self, stream: TganStream, crop: torch.Tensor) -> np.ndarray:
-        """Resize one crop [3, H, W] to its box and blend it into the portrait with the feathered mask."""
-        x, y, w, h = stream.box
-        x0, y0, x1, y1 = stream.region
-        out = np.array(stream.portrait.rgb, dtype=np.uint8, copy=True)
-        if x1 <= x0 or y1 <= y0:
-            return out
-        face = F.interpolate(crop.unsqueeze(0).float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-        face = face[:, y0 - y : y1 - y, x0 - x : x1 - x].add(1.0).mul(127.5)  # [3, rh, rw] 0..255
-        blended = stream.mask * face + (1 - stream.mask) * stream.background
-        out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return out
+    def paste(self, streams: Sequence[TganStream], crops: torch.Tensor) -> torch.Tensor:
+        """Each crop [3, h, w] in [-1, 1] resized to its stream's box and blended into that stream's
+        portrait with the feathered mask: frames [B, 3, H, W] in 0..1 on the device.
 
-    def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
-        if not isinstance(stream, TganStream):
-            raise GeneratorError("idle_frame got a stream that this tgan generator did not make")
-        return np.array(stream.portrait.rgb, dtype=np.uint8, copy=True)
+        One copy of the portraits for the batch; one resize per box size (streams of the same
+        portrait share theirs); then one blend per stream, into its region of its frame."""
+        frames = torch.stack([s.canvas for s in streams])
+        faces = crops.float().add(1.0).mul_(0.5)  # [B, 3, h, w] in 0..1 (the resize is linear: the same)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, stream in enumerate(streams):
+            x0, y0, x1, y1 = stream.region
+            if x1 > x0 and y1 > y0:  # a box that leaves the picture entirely pastes nothing
+                by_size.setdefault((stream.box[3], stream.box[2]), []).append(i)
+        for size, members in by_size.items():
+            group = faces if len(members) == len(streams) else faces[members]
+            resized = F.interpolate(group, size=size, mode="bilinear", align_corners=False)
+            for face, i in zip(resized, members, strict=True):
+                stream = streams[i]
+                x, y, _, _ = stream.box
+                x0, y0, x1, y1 = stream.region
+                region = frames[i, :, y0:y1, x0:x1]
+                region.lerp_(face[:, y0 - y : y1 - y, x0 - x : x1 - x], stream.mask)
+        return frames
+
+    def _rest_frame(self, stream: TganStream) -> torch.Tensor:
+        return stream.canvas
 
 
-def load_tgan_generator(config: AppConfig, device: torch.device | str = "cpu") -> TganGenerator:
-    """The generator of config.generator.checkpoint, checked against the windows and fps in use."""
+def load_tgan_generator(
+    config: AppConfig, device: torch.device | str = "cpu", *, disclosure: FrameStage | None = None
+) -> TganGenerator:
+    """The generator of config.generator.checkpoint, checked against the windows and fps in use;
+    its frames pass through `disclosure` (None: unmarked)."""
     if not config.generator.checkpoint:
         raise CheckpointError(
             "generator.name is 'tgan' but no checkpoint is given (generator.checkpoint / --checkpoint)"
@@ -600,7 +625,7 @@ def load_tgan_generator(config: AppConfig, device: torch.device | str = "cpu") -
         raise CheckpointError(
             f"{info.path}: the model was trained at {info.fps} fps but video.fps is {config.video.fps}"
         )
-    return TganGenerator(model, config.video, config.windows, device)
+    return TganGenerator(model, config.video, config.windows, device, disclosure=disclosure)
 
 
 def describe(model: TganModel) -> dict[str, Any]:

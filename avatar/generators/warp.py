@@ -14,6 +14,7 @@ for all streams:
     displacement upsampled, one grid_sample             (B, 3, H, W)
     mouth interior painted inside the inner lips        (warp_mouth.py): cavity, teeth (the
         portrait's own when it shows them, else painted), tongue; or the seam of pressed lips
+    then, for every generator alike (base.py): the disclosure stage, one uint8 copy to the CPU
 
 Every stream owns its state (smoothed drive, gain, blink schedule, idle-motion phases drawn from
 its seed); the generator itself holds nothing per session, so one instance serves many.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from avatar.config import VideoConfig, WarpConfig
 from avatar.errors import GeneratorError
-from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream, checked_streams
+from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.generators.warp_drive import MouthDriver, MouthDriveState
 from avatar.generators.warp_mouth import mouth_boxes, paint_mouth
 from avatar.generators.warp_rig import (
@@ -125,13 +126,21 @@ class _Batch:
     box_size: tuple[int, int]
 
 
-class WarpAnimator(FrameGenerator):
+class WarpAnimator(FrameGenerator[WarpStream]):
     """Landmark-warp animator; see the module docstring."""
 
     name = "warp"
+    stream_type = WarpStream
 
-    def __init__(self, warp: WarpConfig, video: VideoConfig, device: torch.device | str = "cpu") -> None:
-        super().__init__(torch.device(device), video.width_px, video.height_px, video.fps)
+    def __init__(
+        self,
+        warp: WarpConfig,
+        video: VideoConfig,
+        device: torch.device | str = "cpu",
+        *,
+        disclosure: FrameStage | None = None,
+    ) -> None:
+        super().__init__(torch.device(device), video.width_px, video.height_px, video.fps, disclosure)
         self.config = warp
         self.field_scale = warp.field_scale
         self.low_w = -(-self.width_px // self.field_scale)
@@ -158,7 +167,7 @@ class WarpAnimator(FrameGenerator):
         return torch.as_tensor(np.asarray(values, dtype=np.float32), device=self.device)
 
     # ---- streams ---------------------------------------------------------------------------
-    def new_stream(self, portrait: Portrait, seed: int) -> WarpStream:
+    def _new_stream(self, portrait: Portrait, seed: int) -> WarpStream:
         rgb, landmarks = self._fit_portrait(portrait)
         w, h = self.width_px, self.height_px
         rig = build_rig(landmarks, w, h, self.field_scale, self.device)
@@ -240,9 +249,8 @@ class WarpAnimator(FrameGenerator):
             return default
         return 0.92 * colour, True
 
-    def idle_frame(self, stream: GeneratorStream) -> np.ndarray:
-        assert isinstance(stream, WarpStream)
-        return (stream.image.permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    def _rest_frame(self, stream: WarpStream) -> torch.Tensor:
+        return stream.image
 
     def release_stream(self, stream: GeneratorStream) -> None:
         # The stacked tensors of the last batch (see _batch) hold the streams that stepped in it:
@@ -309,11 +317,10 @@ class WarpAnimator(FrameGenerator):
         self._last_batch = batch
         return batch
 
-    @torch.inference_mode()
-    def step(self, streams: Sequence[GeneratorStream], windows: Sequence[AudioWindow]) -> list[GeneratedFrame]:
-        ss = checked_streams(streams, windows, WarpStream, self.name)
-        if not ss:
-            return []
+    def _generate(
+        self, streams: Sequence[WarpStream], windows: Sequence[AudioWindow]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        ss = list(streams)
         b = len(ss)
         fs, w_px, h_px = self.field_scale, self.width_px, self.height_px
 
@@ -411,7 +418,6 @@ class WarpAnimator(FrameGenerator):
             drive_t[:, BASIS_PRESS],
         )
 
-        rgb = frames.mul_(255.0).clamp_(0.0, 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = []
         for i, s in enumerate(ss):
             drive = {
@@ -429,5 +435,5 @@ class WarpAnimator(FrameGenerator):
                 "closure": mouth[i].closure,
             }
             s.frame_index += 1
-            out.append(GeneratedFrame(rgb=rgb[i], drive=drive))
-        return out
+            out.append(drive)
+        return frames, out
