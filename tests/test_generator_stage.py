@@ -269,3 +269,26 @@ def test_tgan_refuses_a_portrait_not_at_the_output_size() -> None:
     small = load_builtin_portrait("astronaut", PortraitConfig(), VideoConfig(width_px=128, height_px=128))
     with pytest.raises(GeneratorError, match="output size"):
         generator.new_stream(small, seed=0)
+
+
+# ---- load_generator builds the configured stage -------------------------------------------------
+
+
+def test_load_generator_gives_the_generator_the_configured_stage(caplog: pytest.LogCaptureFixture) -> None:
+    from avatar.disclosure.stage import DisclosureStage
+    from avatar.generators import load_generator
+
+    small = with_overrides(AppConfig(), video={"width_px": 128, "height_px": 128}, generator={"device": "cpu"})
+    generator = load_generator(small)
+    assert isinstance(generator.disclosure, DisclosureStage)
+    assert generator.disclosure.summary == {"mark": True, "watermark": True}
+    portrait = load_builtin_portrait("astronaut", small.portrait, small.video)
+    idle = generator.idle_frame(generator.new_stream(portrait, 0, session_number=3))
+    assert idle.shape == portrait.rgb.shape and not np.array_equal(idle, portrait.rgb)  # marked
+
+    caplog.set_level(logging.WARNING, logger="avatar.disclosure.stage")
+    off = load_generator(with_overrides(small, disclosure={"mark": False}))
+    assert isinstance(off.disclosure, DisclosureStage)
+    assert off.disclosure.summary == {"mark": False, "watermark": True}
+    warnings = [r for r in caplog.records if "disclosure.mark is off" in r.getMessage()]
+    assert len(warnings) == 1
