@@ -1,4 +1,4 @@
-"""Command line: `avatar serve | render | train | eval`.
+"""Command line: `avatar serve | render | train | eval | verify`.
 
 Settings come from config.toml (or --config PATH); flags override single keys. This is the one
 place that reads the command line; everything below it receives frozen config dataclasses.
@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("data_dir", type=Path)
     evaluate.add_argument("--device", help="override generator.device")
+
+    verify = commands.add_parser("verify", help="is a video or image synthetic? (watermark and content credentials)")
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument("--max-frames", type=int, default=None, help="frames read per video (default 1500: 60 s)")
+    verify.add_argument(
+        "--trust", type=Path, metavar="PEM", help="trust content credentials that chain to these root certificates"
+    )
+    verify.add_argument(
+        "--trust-local", action="store_true", help="trust this machine's local signing chain (renders made here)"
+    )
+    verify.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    verify.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser
 
 
@@ -179,10 +191,35 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """One JSON object per file, in order; a file that cannot be read gets {"file", "error"} and
+    makes the exit status 2, after the other files were still checked."""
+    from avatar.disclosure.credentials import default_credentials_dir, local_root_path
+    from avatar.disclosure.verify import DEFAULT_MAX_FRAMES, verify_file
+
+    if args.trust is not None and args.trust_local:
+        raise AvatarError("give --trust or --trust-local, not both")
+    anchors = local_root_path(default_credentials_dir()) if args.trust_local else args.trust
+    if anchors is not None and not anchors.is_file():
+        raise AvatarError(f"trust anchors {anchors}: no such file")
+    max_frames = args.max_frames or DEFAULT_MAX_FRAMES
+    if max_frames < 1:
+        raise AvatarError("--max-frames must be at least 1")
+    status = 0
+    for path in args.files:
+        try:
+            report = verify_file(path, max_frames=max_frames, trust_anchors=anchors)
+        except AvatarError as exc:
+            report, status = {"file": str(path), "error": str(exc)}, 2
+            print(f"avatar verify: error: {exc}", file=sys.stderr)
+        print(json.dumps(report), flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval}
+    handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval, "verify": _verify}
     try:
         return handlers[args.command](args)
     except AvatarError as exc:

@@ -164,11 +164,12 @@ def render_file(
             )
         generator = load_generator(config)
         session_number = secrets.randbits(32)  # the watermark's session number, also in the credentials
-        stream = generator.new_stream(portrait, seed=config.generator.seed)
+        stream = generator.new_stream(portrait, seed=config.generator.seed, session_number=session_number)
         total_frames = -(-len(samples) * config.video.fps // SAMPLE_RATE_HZ)
         log.info(
-            "rendering %.2f s of audio on %r with %s on %s: %d frames",
+            "rendering %.2f s of audio on %r with %s on %s: %d frames, watermark session number %08x",
             len(samples) / SAMPLE_RATE_HZ, portrait.name, generator.name, generator.device, total_frames,
+            session_number,
         )
         muxer = _Muxer(video_path, config, audio_path)
         drives: list[dict[str, float]] = []

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(espeak-ng sox libportaudio2 chromium chromium-driver)
+DEBIAN_PACKAGES=(espeak-ng sox alsa-utils libportaudio2 chromium chromium-driver)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

@@ -14,6 +14,15 @@ from avatar.speech import synthesize_speech
 SENTENCE = "Open the window wide. Move the boat, my friend."
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_data_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Renders sign with a local chain made in the user's data directory: keep the tests' own
+    (and the CLIs they start) out of the real home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def config() -> AppConfig:
     """Defaults, not the repository's config.toml, so a local edit cannot change test outcomes."""

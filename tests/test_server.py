@@ -269,9 +269,6 @@ def _label_layers(width: int, height: int) -> tuple[VisibleMark, np.ndarray, np.
 
 @pytest.mark.slow
 async def test_live_frames_carry_the_visible_mark(server: SignalingServer) -> None:
-    generator = getattr(server.backend, "_generator", None)
-    if getattr(generator, "disclosure", None) is None:
-        pytest.skip("waits for the generators' disclosure stage (generator.disclosure): no frame is marked yet")
     async with Client(server.url) as client:
         welcome = await client.hello(TOKEN)
         assert welcome["disclosure"] == {"mark": True, "watermark": True}

@@ -18,8 +18,8 @@ field, nearly constant inside each cell with soft edges (`upsample`), added equa
 (luma only), weaker on flat cells where it would show. The pattern is the same in every frame of a stream, which is
 what video codecs keep best (a pattern that changed per frame would be coded away as noise).
 
-Everything is batched torch on the generator's device: two small matrix products at grid resolution
-and one upsampling; the frame itself is read once and written once. Detection (detect.py) uses the same `layout()` and `cell_residuals()`.
+Everything is batched torch on the generator's device, mostly at grid resolution: the frame itself is
+read once and written once. Detection (detect.py) uses the same `layout()` and `cell_residuals()`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from avatar.disclosure.payload import PAYLOAD_BITS
 GRID = 64
 PILOT_BITS = 32
 GROUPS = PAYLOAD_BITS + PILOT_BITS  # payload groups first, then the pilot
+CLIP_MEDIANS = 3.0  # residuals count up to this many times their median magnitude
+CLIP_FLOOR = 6.0  # and at least this far (levels of 255): a plain frame is not clipped at all
+PILOT_WEIGHT = 1.5  # pilot margins over payload margins (detection first, the payload second)
 KEY = b"talking-portrait watermark v1"
 
 SUBCELLS = 2  # cells are upsampled as 2x2 blocks, then bilinearly: flat inside, soft at the edges
@@ -84,16 +87,27 @@ def grid_residuals(cells: torch.Tensor) -> torch.Tensor:
     return cells - neighbours
 
 
+def residual_bound(residuals: torch.Tensor) -> torch.Tensor:
+    """(B, N) residuals -> (B, 1): the bound each frame's residuals are clipped to before they count.
+
+    Strong edges (and the visible label's text) have residuals ten times the typical one, and an
+    encoder changes them by more than the watermark's margin; clipped, they cannot outvote it."""
+    return (CLIP_MEDIANS * residuals.abs().median(dim=1, keepdim=True).values).clamp_min(CLIP_FLOOR)
+
+
 def cell_residuals(luma_255: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) luma 0..255 of frames of any size -> (B, GRID * GRID) residuals of the cells."""
-    return grid_residuals(F.adaptive_avg_pool2d(luma_255, GRID)).flatten(1)
+    """(B, 1, H, W) luma 0..255 of frames of any size -> (B, GRID * GRID) clipped residuals of the cells."""
+    residuals = grid_residuals(F.adaptive_avg_pool2d(luma_255, GRID)).flatten(1)
+    bound = residual_bound(residuals)
+    return torch.maximum(torch.minimum(residuals, bound), -bound)
 
 
 class WatermarkEmbedder:
     """Embeds per-stream payload bits into batches of frames of one size on one device."""
 
     def __init__(
-        self, width_px: int, height_px: int, device: torch.device, *, psnr_db: float = 40.5, margin: float = 80.0
+        self, width_px: int, height_px: int, device: torch.device, *, psnr_db: float = 40.5, margin: float = 80.0,
+        pilot_weight: float = PILOT_WEIGHT,
     ) -> None:
         self.width_px, self.height_px, self.device = width_px, height_px, device
         lay = layout()
@@ -104,6 +118,10 @@ class WatermarkEmbedder:
         # The margins tried, as fractions of `margin`: the largest that fits the budget is taken.
         self.margins = torch.linspace(1.0 / 32, 1.0, 32, device=device) * margin
         self.min_margin = 0.25 * margin
+        # Pilot groups get a larger margin than payload groups: detection stands on them.
+        self.group_weight = torch.cat(
+            [torch.ones(PAYLOAD_BITS, device=device), torch.full((PILOT_BITS,), pilot_weight, device=device)]
+        )
         # Budget: the mean squared change per pixel (in levels of 255) that keeps psnr_db.
         self.mse_budget = 255.0**2 / 10.0 ** (psnr_db / 10.0)
         self._cell_kernel, upsampled_energy = self._upsampling_response(width_px, height_px)
@@ -146,22 +164,28 @@ class WatermarkEmbedder:
         rgb_cells = F.adaptive_avg_pool2d(frames, GRID) * 255.0
         cells = luma(rgb_cells)
         residual = grid_residuals(cells)  # (B, 1, GRID, GRID)
-        projection = self._per_group(residual.flatten(1))  # (B, G)
+        flat_residual = residual.flatten(1)
+        bound = residual_bound(flat_residual)
+        # As detection sees them: clipped. Cells at the bound would not pass a change on: left alone.
+        projection = self._per_group(torch.maximum(torch.minimum(flat_residual, bound), -bound))  # (B, G)
+        open_cell = (flat_residual.abs() < 0.8 * bound).float()
         # Weight per cell: full strength where the image is busy, half on flat cells, where a change shows.
         spread = F.avg_pool2d(F.pad(cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         local = (F.avg_pool2d(F.pad(cells * cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1) - spread**2)
         activity = (local.clamp_min(0.0) + residual**2).sqrt().flatten(1)
-        weight = ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.5, 1.0)
+        weight = ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.5, 1.0) * open_cell
         want = torch.cat([bits * 2.0 - 1.0, self.pilot_signs.expand(b, -1)], dim=1)  # (B, G) of +-1
         members = weight.new_zeros(b, GROUPS)
         gain = self._self_gain * members.index_add(1, self.group_of_cell, weight)  # per unit of amount
+        gain = gain.clamp_min(1e-3)
         cost = members.index_add(1, self.group_of_cell, weight**2) / gain**2  # cell energy per projection^2
         # The largest margin that fits the budget (at least min_margin), per frame.
-        deficits = (self.margins[None, :, None] - (want * projection)[:, None, :]).clamp_min(0.0)  # (B, M, G)
+        targets = self.margins[:, None] * self.group_weight  # (M, G)
+        deficits = (targets[None] - (want * projection)[:, None, :]).clamp_min(0.0)  # (B, M, G)
         fits = (deficits**2 * cost[:, None, :]).sum(dim=2) <= self._budget_cells  # (B, M)
         best = (fits * torch.arange(1, len(self.margins) + 1, device=frames.device)).argmax(dim=1)
         margin = torch.where(fits.any(dim=1), self.margins[best], self.margins.new_tensor(0.0))
-        margin = margin.clamp_min(self.min_margin)[:, None]
+        margin = margin.clamp_min(self.min_margin)[:, None] * self.group_weight  # (B, G)
         deficit = (margin - want * projection).clamp_min(0.0)
         # Where even min_margin does not fit, give up the groups that cost most.
         energy = deficit**2 * cost
@@ -170,10 +194,20 @@ class WatermarkEmbedder:
         kept = torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
         amount = torch.where(kept, deficit * want / gain, torch.zeros_like(deficit))  # (B, G)
         change = amount[:, self.group_of_cell] * self.sign_of_cell * weight  # (B, N)
-        # Second pass: neighbouring groups leak into each other a little; top up what fell short.
-        moved = grid_residuals(self._upsample_pool(change.view(b, 1, GRID, GRID))).flatten(1)
-        reached = projection + self._per_group(moved)
-        short = torch.where(kept, (margin - want * reached).clamp_min(0.0) * want / gain, torch.zeros_like(reached))
-        change = change + short[:, self.group_of_cell] * self.sign_of_cell * weight
+        # Two more passes, on the residuals the marked frame will have, clipped as detection clips
+        # them (its bound grows a little with the watermark), and with neighbouring groups leaking
+        # into each other a little: top up what fell short.
+        for _ in range(2):
+            moved = grid_residuals(self._upsample_pool(change.view(b, 1, GRID, GRID))).flatten(1)
+            marked = flat_residual + moved
+            bound = residual_bound(marked)
+            reached = self._per_group(torch.maximum(torch.minimum(marked, bound), -bound))
+            short = (margin - want * reached).clamp_min(0.0) * want / gain
+            change = change + torch.where(kept, short, torch.zeros_like(short))[:, self.group_of_cell] * (
+                self.sign_of_cell * weight
+            )
+        # The top-ups may overshoot the budget a little: scale back to it.
+        energy = change.pow(2).sum(dim=1, keepdim=True)
+        change = change * (self._budget_cells / energy.clamp_min(1e-9)).sqrt().clamp(max=1.0)
         field = upsample(change.view(b, 1, GRID, GRID), self.height_px, self.width_px)
         return frames.add_(field.mul_(1.0 / 255.0))
