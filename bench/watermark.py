@@ -39,30 +39,14 @@ from avatar.portrait import default_portrait  # noqa: E402
 from avatar.speech import synthesize_speech  # noqa: E402
 from avatar.windows import iter_clip_windows  # noqa: E402
 from tests.real_images import negative_stills, pan_clip, photographs  # noqa: E402
-from tests.video_transforms import Clip, aiortc_codec, levels, resized, still, x264  # noqa: E402
+from tests.video_transforms import STANDARD, Clip  # noqa: E402
 
 FPS = 25
 CLIP_FRAMES = 50  # 2 s
 RECORDING = Path("/usr/share/sounds/alsa/Front_Center.wav")
 
-TRANSFORMS: dict[str, Callable[[Clip], Clip]] = {
-    "none": lambda c: c,
-    "vp8 1 Mbps": aiortc_codec("vp8", 1_000_000),
-    "vp8 500 kbps": aiortc_codec("vp8", 500_000),
-    "vp8 300 kbps": aiortc_codec("vp8", 300_000),
-    "h264 1 Mbps": aiortc_codec("h264", 1_000_000),
-    "h264 500 kbps": aiortc_codec("h264", 500_000),
-    "x264 300 kbps": x264(300_000),
-    "half, x264 300 kbps": x264(300_000, scale=0.5),
-    "double": resized(2.0),
-    "brightness +10%": levels(brightness=0.1),
-    "brightness -10%": levels(brightness=-0.1),
-    "contrast +10%": levels(contrast=0.1),
-    "contrast -10%": levels(contrast=-0.1),
-    "still png": still("PNG"),
-    "still jpeg 75": still("JPEG", quality=75),
-}
-QUICK = ["none", "vp8 300 kbps", "h264 500 kbps", "half, x264 300 kbps", "contrast -10%", "still jpeg 75"]
+TRANSFORMS: dict[str, Callable[[Clip], Clip]] = {"none": lambda c: c, **STANDARD}
+QUICK = ["none", "vp8 300 kbps", "h264 500 kbps", "half size, x264 300 kbps", "contrast -10%", "a still, jpeg 75"]
 
 
 # ---- clips ---------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import pytest_asyncio
 from avatar.disclosure.payload import Payload, session_number
 from avatar.speech import synthesize_speech
 from signaling.server import SignalingServer
-from tests.test_server import TOKEN, server_config
+from tests.test_server import TOKEN, _label_layers, server_config
+from tests.video_transforms import encode_mp4
 from tests.ws_client import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,20 +40,7 @@ def verify(*files: Path) -> tuple[int, list[dict]]:
 
 
 def write_mp4(frames: list[np.ndarray], path: Path, *, bitrate_bps: int | None = None, scale: float = 1.0) -> Path:
-    """Frames -> H264 MP4 with av (libx264), at a bitrate and size when given."""
-    h, w = frames[0].shape[:2]
-    width, height = int(w * scale) // 2 * 2, int(h * scale) // 2 * 2
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if bitrate_bps:
-            stream.bit_rate = bitrate_bps
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame = frame.reformat(width=width, height=height)
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    encode_mp4(frames, path, bitrate_bps=bitrate_bps, scale=scale)
     return path
 
 
@@ -106,6 +94,16 @@ def test_a_fresh_render_is_synthetic_by_both_marks(render: Path) -> None:
     assert watermark["payload"]["session"] == c2pa["watermark"]["session"]
     assert watermark["payload"]["service_id"] == c2pa["watermark"]["service_id"] == 1
     assert watermark["frames"] == len(decoded(render))
+
+
+def test_every_frame_of_a_render_shows_the_label(render: Path) -> None:
+    mark, colour, alpha = _label_layers(256, 256)
+    x, y, w, h = mark.box
+    text, pill = colour > 0.85, (alpha > 0.5) & (colour < 0.2)
+    frames = decoded(render)
+    for frame in frames[:: max(1, len(frames) // 12)]:
+        grey = frame[y : y + h, x : x + w].astype(np.float32).mean(axis=2) / 255.0
+        assert grey[text].mean() - grey[pill].mean() > 0.4, (grey[text].mean(), grey[pill].mean())
 
 
 def test_a_render_re_encoded_at_half_size_and_300_kbps_is_still_synthetic(render: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fractions
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import av
 import numpy as np
@@ -46,21 +47,33 @@ def aiortc_codec(codec: str, bitrate_bps: int) -> Callable[[Clip], Clip]:
     return run
 
 
+def encode_mp4(
+    clip: Clip | list[np.ndarray],
+    target: str | Path | io.BytesIO,
+    *,
+    bitrate_bps: int | None = None,
+    scale: float = 1.0,
+) -> None:
+    """Frames -> H264 (libx264 through av) in MP4, at a bitrate and a size when given."""
+    h, w = clip[0].shape[:2]
+    width, height = int(w * scale) // 2 * 2, int(h * scale) // 2 * 2
+    with av.open(target if isinstance(target, io.BytesIO) else str(target), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if bitrate_bps:
+            stream.bit_rate = bitrate_bps
+        for i, rgb in enumerate(clip):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = frame.reformat(width=width, height=height)
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
 def x264(bitrate_bps: int, scale: float = 1.0) -> Callable[[Clip], Clip]:
     def run(clip: Clip) -> Clip:
-        h, w = clip.shape[1:3]
-        width, height = int(w * scale) // 2 * 2, int(h * scale) // 2 * 2
         buffer = io.BytesIO()
-        with av.open(buffer, "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=FPS, options={"preset": "veryfast"})
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.bit_rate = bitrate_bps
-            for i, rgb in enumerate(clip):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame = frame.reformat(width=width, height=height)
-                frame.pts = i
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
+        encode_mp4(clip, buffer, bitrate_bps=bitrate_bps, scale=scale)
         buffer.seek(0)
         with av.open(buffer) as container:
             return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
@@ -95,3 +108,21 @@ def still(fmt: str, **options: int) -> Callable[[Clip], Clip]:
     return run
 
 
+STANDARD: dict[str, Callable[[Clip], Clip]] = {
+    "vp8 1 Mbps": aiortc_codec("vp8", 1_000_000),
+    "vp8 500 kbps": aiortc_codec("vp8", 500_000),
+    "vp8 300 kbps": aiortc_codec("vp8", 300_000),
+    "h264 1 Mbps": aiortc_codec("h264", 1_000_000),
+    "h264 500 kbps": aiortc_codec("h264", 500_000),
+    "x264 300 kbps": x264(300_000),
+    "half size, x264 300 kbps": x264(300_000, scale=0.5),
+    "double size": resized(2.0),
+    "brightness +10%": levels(brightness=0.1),
+    "brightness -10%": levels(brightness=-0.1),
+    "contrast +10%": levels(contrast=0.1),
+    "contrast -10%": levels(contrast=-0.1),
+    "a still, png": still("PNG"),
+    "a still, jpeg 75": still("JPEG", quality=75),
+}
+"""What the watermark must survive (issue 8): the service's encoders down to 300 kbps, scaling,
+colour changes and stills."""

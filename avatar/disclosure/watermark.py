@@ -154,6 +154,40 @@ class WatermarkEmbedder:
         out = per_cell.new_zeros(per_cell.shape[0], GROUPS)
         return out.index_add_(1, self.group_of_cell, per_cell * self.sign_of_cell)
 
+    def _clipped_projection(self, residuals: torch.Tensor) -> torch.Tensor:
+        """(B, N) residuals -> (B, G) projections, as detection sees them (clipped per frame)."""
+        bound = residual_bound(residuals)
+        return self._per_group(torch.maximum(torch.minimum(residuals, bound), -bound))
+
+    @staticmethod
+    def _cell_weights(cells: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """(B, N) share of the change each cell takes: full where the image is busy, half on flat
+        cells (where a change would show), none at cells clipped by detection (a change there
+        would not count)."""
+        flat = residual.flatten(1)
+        open_cell = (flat.abs() < 0.8 * residual_bound(flat)).float()
+        spread = F.avg_pool2d(F.pad(cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        local = F.avg_pool2d(F.pad(cells * cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1) - spread**2
+        activity = (local.clamp_min(0.0) + residual**2).sqrt().flatten(1)
+        return ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.5, 1.0) * open_cell
+
+    def _allocate(
+        self, projection: torch.Tensor, want: torch.Tensor, gain: torch.Tensor, cost: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per frame: the margin of every group (the largest that fits the budget, at least
+        min_margin) and which groups are kept (where even min_margin does not fit, the groups that
+        cost most are given up). All (B, G)."""
+        targets = self.margins[:, None] * self.group_weight  # (M, G)
+        deficits = (targets[None] - (want * projection)[:, None, :]).clamp_min(0.0)  # (B, M, G)
+        fits = (deficits**2 * cost[:, None, :]).sum(dim=2) <= self._budget_cells  # (B, M)
+        best = (fits * torch.arange(1, len(self.margins) + 1, device=fits.device)).argmax(dim=1)
+        margin = torch.where(fits.any(dim=1), self.margins[best], self.margins.new_tensor(0.0))
+        margin = margin.clamp_min(self.min_margin)[:, None] * self.group_weight
+        energy = (margin - want * projection).clamp_min(0.0) ** 2 * cost
+        order = energy.argsort(dim=1)
+        kept_sorted = energy.gather(1, order).cumsum(dim=1) <= self._budget_cells
+        return margin, torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
+
     def embed(self, frames: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         """frames (B, 3, H, W) float 0..1, bits (B, PAYLOAD_BITS) of 0/1 -> marked frames, in place.
 
@@ -161,53 +195,27 @@ class WatermarkEmbedder:
         conversion that follows clamps it, once."""
         b = frames.shape[0]
         # Pool first, then luma: the only full-resolution work is one read here and one add below.
-        rgb_cells = F.adaptive_avg_pool2d(frames, GRID) * 255.0
-        cells = luma(rgb_cells)
-        residual = grid_residuals(cells)  # (B, 1, GRID, GRID)
+        cells = luma(F.adaptive_avg_pool2d(frames, GRID) * 255.0)  # (B, 1, GRID, GRID)
+        residual = grid_residuals(cells)
         flat_residual = residual.flatten(1)
-        bound = residual_bound(flat_residual)
-        # As detection sees them: clipped. Cells at the bound would not pass a change on: left alone.
-        projection = self._per_group(torch.maximum(torch.minimum(flat_residual, bound), -bound))  # (B, G)
-        open_cell = (flat_residual.abs() < 0.8 * bound).float()
-        # Weight per cell: full strength where the image is busy, half on flat cells, where a change shows.
-        spread = F.avg_pool2d(F.pad(cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        local = (F.avg_pool2d(F.pad(cells * cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1) - spread**2)
-        activity = (local.clamp_min(0.0) + residual**2).sqrt().flatten(1)
-        weight = ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.5, 1.0) * open_cell
+        weight = self._cell_weights(cells, residual)  # (B, N)
         want = torch.cat([bits * 2.0 - 1.0, self.pilot_signs.expand(b, -1)], dim=1)  # (B, G) of +-1
         members = weight.new_zeros(b, GROUPS)
-        gain = self._self_gain * members.index_add(1, self.group_of_cell, weight)  # per unit of amount
-        gain = gain.clamp_min(1e-3)
+        gain = (self._self_gain * members.index_add(1, self.group_of_cell, weight)).clamp_min(1e-3)
         cost = members.index_add(1, self.group_of_cell, weight**2) / gain**2  # cell energy per projection^2
-        # The largest margin that fits the budget (at least min_margin), per frame.
-        targets = self.margins[:, None] * self.group_weight  # (M, G)
-        deficits = (targets[None] - (want * projection)[:, None, :]).clamp_min(0.0)  # (B, M, G)
-        fits = (deficits**2 * cost[:, None, :]).sum(dim=2) <= self._budget_cells  # (B, M)
-        best = (fits * torch.arange(1, len(self.margins) + 1, device=frames.device)).argmax(dim=1)
-        margin = torch.where(fits.any(dim=1), self.margins[best], self.margins.new_tensor(0.0))
-        margin = margin.clamp_min(self.min_margin)[:, None] * self.group_weight  # (B, G)
-        deficit = (margin - want * projection).clamp_min(0.0)
-        # Where even min_margin does not fit, give up the groups that cost most.
-        energy = deficit**2 * cost
-        order = energy.argsort(dim=1)
-        kept_sorted = energy.gather(1, order).cumsum(dim=1) <= self._budget_cells
-        kept = torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
-        amount = torch.where(kept, deficit * want / gain, torch.zeros_like(deficit))  # (B, G)
-        change = amount[:, self.group_of_cell] * self.sign_of_cell * weight  # (B, N)
-        # Two more passes, on the residuals the marked frame will have, clipped as detection clips
-        # them (its bound grows a little with the watermark), and with neighbouring groups leaking
-        # into each other a little: top up what fell short.
-        for _ in range(2):
+        chip = self.sign_of_cell * weight  # (B, N): a cell's change per unit of its group's amount
+        margin, kept = self._allocate(self._clipped_projection(flat_residual), want, gain, cost)
+        change = torch.zeros_like(flat_residual)
+        # Three passes, each on the residuals the marked frame will have (clipped as detection clips
+        # them, its bound growing a little with the watermark; neighbouring groups leaking into each
+        # other a little): each tops up what the one before left short.
+        for _ in range(3):
             moved = grid_residuals(self._upsample_pool(change.view(b, 1, GRID, GRID))).flatten(1)
-            marked = flat_residual + moved
-            bound = residual_bound(marked)
-            reached = self._per_group(torch.maximum(torch.minimum(marked, bound), -bound))
-            short = (margin - want * reached).clamp_min(0.0) * want / gain
-            change = change + torch.where(kept, short, torch.zeros_like(short))[:, self.group_of_cell] * (
-                self.sign_of_cell * weight
-            )
+            short = (margin - want * self._clipped_projection(flat_residual + moved)).clamp_min(0.0)
+            amount = torch.where(kept, short * want / gain, torch.zeros_like(short))
+            change = change + amount[:, self.group_of_cell] * chip
         # The top-ups may overshoot the budget a little: scale back to it.
         energy = change.pow(2).sum(dim=1, keepdim=True)
         change = change * (self._budget_cells / energy.clamp_min(1e-9)).sqrt().clamp(max=1.0)
-        field = upsample(change.view(b, 1, GRID, GRID), self.height_px, self.width_px)
-        return frames.add_(field.mul_(1.0 / 255.0))
+        field = upsample(change.view(b, 1, GRID, GRID) * (1.0 / 255.0), self.height_px, self.width_px)
+        return frames.add_(field)
