@@ -168,7 +168,7 @@ class WatermarkEmbedder:
 
     @staticmethod
     def _cell_weights(cells: torch.Tensor, residual: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-        """(B, N) share of the change each cell takes: full where the image is busy, half on flat
+        """(B, N) share of the change each cell takes: full where the image is busy, a third on flat
         cells (where a change would show), none at cells clipped by detection (a change there
         would not count)."""
         flat = residual.flatten(1)
@@ -176,7 +176,7 @@ class WatermarkEmbedder:
         spread = F.avg_pool2d(F.pad(cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         local = F.avg_pool2d(F.pad(cells * cells, (1, 1, 1, 1), mode="replicate"), 3, stride=1) - spread**2
         activity = (local.clamp_min(0.0) + residual**2).sqrt().flatten(1)
-        return ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.5, 1.0) * open_cell
+        return ((activity + 1.0) / (activity.mean(dim=1, keepdim=True) + 1.0)).clamp(0.3, 1.0) * open_cell
 
     def _allocate(
         self, projection: torch.Tensor, want: torch.Tensor, gain: torch.Tensor, cost: torch.Tensor
