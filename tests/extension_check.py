@@ -1,0 +1,455 @@
+"""Drive the browser extension (web/extension) in a real headless Chromium; print one JSON line.
+
+Run by tests/test_extension.py inside a network namespace where only `lo` is up (`unshare -n`).
+The server runs in this process (a thread) on 127.0.0.1 with a token; a call page is served from
+another origin, http://call.example:PORT (Chromium maps the name to 127.0.0.2 and treats that
+origin as secure). The page finds the "Talking portrait" camera, gets it with audio, and sends
+both tracks through a WebRTC connection to a second RTCPeerConnection in the same page; the far
+end's frames, mouth region and audio level are what is measured.
+
+    python tests/extension_check.py --wav SPEECH.wav [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from browser_check import CHROMEDRIVER, CHROMIUM, Console, ServerThread, wait_for  # noqa: E402
+
+from avatar.config import AppConfig, with_overrides  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EXTENSION = REPO / "web" / "extension"
+TOKEN = "extension-check-token"
+CALL_HOST = "call.example"
+CALL_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Call</title></head>
+<body><h1>A video call on another origin</h1><video id="far" autoplay playsinline muted></video></body></html>"""
+
+DEVICES_JS = """
+const done = arguments[0];
+navigator.mediaDevices.enumerateDevices().then(
+  (ds) => done(ds.map((d) => ({ kind: d.kind, label: d.label, deviceId: d.deviceId, groupId: d.groupId }))),
+  (e) => done({ error: String(e) }));
+"""
+
+# The page's WebSocket to the service from the MAIN world: the server refuses its Origin.
+PAGE_SOCKET_JS = """
+const [url, done] = arguments;
+const ws = new WebSocket(url);
+ws.onopen = () => { ws.close(); done('open'); };
+ws.onerror = () => done('error');
+"""
+
+GUM_ERROR_JS = """
+const [constraints, done] = arguments;
+const t0 = performance.now();
+navigator.mediaDevices.getUserMedia(constraints).then(
+  (s) => { s.getTracks().forEach((t) => t.stop()); done({ ok: true }); },
+  (e) => done({ ok: false, name: e.name, message: e.message, isDOMException: e instanceof DOMException,
+                ms: Math.round(performance.now() - t0) }));
+"""
+
+# Get the portrait camera with audio; send its tracks to a second RTCPeerConnection (the far end).
+CALL_JS = """
+const [deviceId, done] = arguments;
+(async () => {
+  const t0 = performance.now();
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { deviceId: { exact: deviceId } }, audio: true });
+  const gumMs = performance.now() - t0;
+  const a = new RTCPeerConnection(), b = new RTCPeerConnection();
+  a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+  b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+  const far = new MediaStream();
+  b.ontrack = (e) => far.addTrack(e.track);
+  for (const t of stream.getTracks()) a.addTrack(t, stream);
+  await a.setLocalDescription(await a.createOffer());
+  await b.setRemoteDescription(a.localDescription);
+  await b.setLocalDescription(await b.createAnswer());
+  await a.setRemoteDescription(b.localDescription);
+  // Sampled per presented video frame, at the far end and (for comparison) at the near end:
+  // time, mouth-region gray values, the audio RMS of the same end's voice track.
+  const ctx = new AudioContext();
+  const canvas = document.createElement('canvas');
+  const c2d = canvas.getContext('2d', { willReadFrequently: true });
+  window.__call = { stream, a, b, far, ctx, sampling: false, gumMs, samples: { far: [], near: [] } };
+  const watch = async (media, video, samples) => {
+    video.srcObject = media;
+    video.muted = true;
+    await video.play().catch(() => {});
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 512;
+    const audio = media.getAudioTracks()[0];
+    if (audio) ctx.createMediaStreamSource(new MediaStream([audio])).connect(analyser);
+    const buf = new Float32Array(analyser.fftSize);
+    const onFrame = (now) => {
+      if (window.__call.sampling && video.videoWidth) {
+        const w = video.videoWidth, h = video.videoHeight;
+        canvas.width = w; canvas.height = h;
+        c2d.drawImage(video, 0, 0);
+        const x = Math.round(w * 0.3), y = Math.round(h * 0.55), rw = Math.round(w * 0.4), rh = Math.round(h * 0.3);
+        const data = c2d.getImageData(x, y, rw, rh).data;
+        const gray = new Array(rw * rh);
+        for (let i = 0; i < rw * rh; i++) gray[i] = (data[4 * i] + data[4 * i + 1] + data[4 * i + 2]) / 3;
+        analyser.getFloatTimeDomainData(buf);
+        let sum = 0;
+        for (const v of buf) sum += v * v;
+        samples.push({ t: now, gray, rw, rh, rms: Math.sqrt(sum / buf.length) });
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  };
+  await watch(far, document.getElementById('far'), window.__call.samples.far);
+  const nearVideo = document.createElement('video');
+  document.body.append(nearVideo);
+  await watch(stream, nearVideo, window.__call.samples.near);
+  const tracks = stream.getTracks().map((t) => ({ kind: t.kind, label: t.label, state: t.readyState,
+    deviceId: t.getSettings().deviceId }));
+  done({ ok: true, tracks, gumMs: Math.round(gumMs) });
+})().catch((e) => done({ ok: false, name: e.name, message: e.message }));
+"""
+
+FAR_STATS_JS = """
+const done = arguments[0];
+const call = window.__call;
+call.b.getStats().then((report) => {
+  const out = { framesDecoded: 0, audioLevel: null, audioBytes: 0, width: 0, height: 0, state: call.b.connectionState };
+  report.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      out.framesDecoded = s.framesDecoded || 0; out.width = s.frameWidth || 0; out.height = s.frameHeight || 0;
+    }
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audioLevel = s.audioLevel ?? null; out.audioBytes = s.bytesReceived || 0;
+    }
+  });
+  done(out);
+});
+"""
+
+TWO_JS = """
+const [deviceId, done] = arguments;
+Promise.all([1, 2].map(() => navigator.mediaDevices.getUserMedia({ video: { deviceId } }))).then(
+  (streams) => { window.__two = streams; done({ ok: true, tracks: streams.map((s) => s.getTracks().length) }); },
+  (e) => done({ ok: false, name: e.name, message: e.message }));
+"""
+
+REAL_CAMERA_JS = """
+const [deviceId, done] = arguments;
+navigator.mediaDevices.getUserMedia({ video: { deviceId: { exact: deviceId } }, audio: true }).then((s) => {
+  const v = s.getVideoTracks()[0];
+  const out = { ok: true, label: v.label, deviceId: v.getSettings().deviceId, width: v.getSettings().width,
+                audio: s.getAudioTracks().length, state: v.readyState };
+  s.getTracks().forEach((t) => t.stop());
+  done(out);
+}, (e) => done({ ok: false, name: e.name, message: e.message }));
+"""
+
+
+class CallPage:
+    """A tiny HTTP server for the call page, on 127.0.0.2 (the browser calls it call.example)."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(CALL_PAGE)))
+                self.end_headers()
+                self.wfile.write(CALL_PAGE)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+def chromium(wav: Path, profile: Path, call_port: int) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--allow-loopback-in-peer-connection",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1000,800",
+        f"--load-extension={EXTENSION}",
+        f"--disable-extensions-except={EXTENSION}",
+        f"--host-resolver-rules=MAP {CALL_HOST} 127.0.0.2",
+        f"--unsafely-treat-insecure-origin-as-secure=http://{CALL_HOST}:{call_port}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def extension_id(driver: Any) -> str:
+    """The unpacked extension's id, from its service worker's target (CDP)."""
+
+    def find() -> str | None:
+        for target in driver.execute_cdp_cmd("Target.getTargets", {})["targetInfos"]:
+            url = target.get("url", "")
+            if url.startswith("chrome-extension://") and url.endswith("/background.js"):
+                return url.split("/")[2]
+        return None
+
+    found = wait_for(find, 15, 0.2)
+    if not found:
+        raise RuntimeError("the extension's service worker never started (not loaded?)")
+    return found
+
+
+def save_settings(driver: Any, ext: str, service_url: str, token: str) -> str:
+    """Fill the popup (opened as a tab) and press Save; the popup's message."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"chrome-extension://{ext}/popup.html")
+    for field, value in (("serviceUrl", service_url), ("token", token)):
+        element = driver.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    driver.find_element(By.ID, "save").click()
+    message = driver.find_element(By.ID, "message")
+    return str(wait_for(lambda: "Saved" in message.text and message.text, 5) or message.text)
+
+
+def popup_state(driver: Any, ext: str, want: str) -> dict[str, Any]:
+    """Open the popup in a second tab, wait for `want` in its session list, press Check; back."""
+    from selenium.webdriver.common.by import By
+
+    main = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    try:
+        driver.get(f"chrome-extension://{ext}/popup.html")
+        sessions = driver.find_element(By.ID, "sessions")
+        text = wait_for(lambda: want in sessions.text and sessions.text, 8) or sessions.text
+        driver.find_element(By.ID, "check").click()
+        message = driver.find_element(By.ID, "message")
+        checked = wait_for(lambda: "Checking" not in message.text and message.text, 8) or message.text
+        options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#portraitName option")]
+        return {"sessions": text, "check": checked, "portraits": options}
+    finally:
+        driver.close()
+        driver.switch_to.window(main)
+
+
+def sync_lag_ms(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mouth motion (distance from the median mouth) against the received audio envelope, both at
+    the far end, per video frame: the lag (ms) with the highest correlation; > 0: lips after voice."""
+    if len(samples) < 50:
+        return {"frames": len(samples)}
+    stack = np.stack([np.asarray(s["gray"], np.float32).reshape(s["rh"], s["rw"]) for s in samples])
+    mouth = np.abs(stack - np.median(stack, axis=0)).mean(axis=(1, 2))
+    times = np.asarray([s["t"] for s in samples])
+    rms = np.asarray([s["rms"] for s in samples])
+    grid = np.arange(times[0], times[-1], 5.0)  # 5 ms resolution
+    m = np.interp(grid, times, mouth)
+    a = np.interp(grid, times, rms)
+    m, a = (m - m.mean()) / (m.std() + 1e-9), (a - a.mean()) / (a.std() + 1e-9)
+    best, best_lag = -2.0, 0
+    corr = {}
+    for lag in range(-60, 61):  # -300..300 ms
+        if lag >= 0:
+            c = float(np.mean(m[lag:] * a[: len(a) - lag]))
+        else:
+            c = float(np.mean(m[:lag] * a[-lag:]))
+        corr[lag * 5] = round(c, 3)
+        if c > best:
+            best, best_lag = c, lag
+    return {
+        "frames": len(samples),
+        "lag_ms": best_lag * 5,
+        "corr": round(best, 3),
+        "corr_at_0": corr[0],
+        "mouth_max": round(float(mouth.max()), 2),
+        "mouth_p90": round(float(np.percentile(mouth, 90)), 2),
+        "mouth_min": round(float(mouth.min()), 2),
+        "rms_max": round(float(rms.max()), 4),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = with_overrides(
+        AppConfig(),
+        server={"host": "127.0.0.1", "port": 0, "token": TOKEN},
+        webrtc={"host_addresses": ["127.0.0.1"]},
+        video={"width_px": 256, "height_px": 256, "fps": 25},
+        warp={"head_motion": 0.0, "breathing": 0.0},
+    )
+    result: dict[str, Any] = {}
+    server = ServerThread(config)
+    call = CallPage()
+    profile = Path(tempfile.mkdtemp(prefix="chromium-ext-profile-"))
+    driver = None
+    console: Console | None = None
+    t0 = time.monotonic()
+    try:
+        url = server.start().rstrip("/")
+        assert server.server is not None
+        srv = server.server
+        result["url"] = url
+        driver = chromium(args.wav, profile, call.port)
+        driver.set_script_timeout(30)
+        console = Console(driver)
+        ext = extension_id(driver)
+        result["extension_id"] = ext
+        call_url = f"http://{CALL_HOST}:{call.port}/"
+
+        # Wrong token first: getUserMedia rejects with a readable DOMException.
+        result["saved"] = save_settings(driver, ext, url, "wrong-token")
+        driver.get(call_url)
+        result["page_origin"] = driver.execute_script("return location.origin")
+        result["secure_context"] = driver.execute_script("return window.isSecureContext")
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        result["page_socket"] = driver.execute_async_script(PAGE_SOCKET_JS, ws_url)
+        devices = driver.execute_async_script(DEVICES_JS)
+        result["devices"] = devices
+        portrait = [d for d in devices if d["kind"] == "videoinput" and d["label"] == "Talking portrait"]
+        if len(portrait) != 1:
+            raise RuntimeError(f"no Talking portrait camera: {devices}")
+        portrait_id = portrait[0]["deviceId"]
+        driver.get(call_url)
+        again = driver.execute_async_script(DEVICES_JS)
+        result["devices_again"] = [d["deviceId"] for d in again if d["label"] == "Talking portrait"]
+        result["wrong_token"] = driver.execute_async_script(
+            GUM_ERROR_JS, {"video": {"deviceId": {"exact": portrait_id}}, "audio": True}
+        )
+        result["active_after_wrong_token"] = srv.active_sessions
+
+        # Service down (nothing listens there).
+        save_settings(driver, ext, "http://127.0.0.1:9", TOKEN)
+        driver.get(call_url)
+        result["service_down"] = driver.execute_async_script(GUM_ERROR_JS, {"video": {"deviceId": portrait_id}})
+
+        # The right settings: the call.
+        save_settings(driver, ext, url, TOKEN)
+        driver.get(call_url)
+        got = driver.execute_async_script(CALL_JS, portrait_id)
+        result["call"] = got
+        if not got.get("ok"):
+            raise RuntimeError(f"getUserMedia for the portrait failed: {got}")
+        result["sessions_during_call"] = srv.active_sessions
+        first = wait_for(lambda: driver.execute_async_script(FAR_STATS_JS)["framesDecoded"] > 0, 20, 0.2)
+        if not first:
+            raise RuntimeError("the far end decoded no frame: " + json.dumps(driver.execute_async_script(FAR_STATS_JS)))
+        time.sleep(1.0)
+        s1, t1 = driver.execute_async_script(FAR_STATS_JS), time.monotonic()
+        driver.execute_script("window.__call.sampling = true")
+        levels = []
+        while time.monotonic() - t1 < args.seconds:
+            levels.append(driver.execute_async_script(FAR_STATS_JS)["audioLevel"])
+            time.sleep(0.2)
+        driver.execute_script("window.__call.sampling = false")
+        s2, t2 = driver.execute_async_script(FAR_STATS_JS), time.monotonic()
+        result["far_fps"] = round((s2["framesDecoded"] - s1["framesDecoded"]) / (t2 - t1), 2)
+        result["far_size"] = [s2["width"], s2["height"]]
+        result["far_audio_bytes"] = s2["audioBytes"]
+        result["far_audio_level_max"] = max((x or 0.0) for x in levels)
+        samples = driver.execute_script("return window.__call.samples")
+        result["sync"] = sync_lag_ms(samples["far"])
+        result["sync_near"] = sync_lag_ms(samples["near"])
+        result["popup"] = popup_state(driver, ext, "connected")
+        # Stop both tracks: the server session ends at once.
+        driver.execute_script("window.__call.stream.getTracks().forEach((t) => t.stop())")
+        t_stop = time.monotonic()
+        result["ended_on_stop"] = bool(wait_for(lambda: srv.active_sessions == 0 and srv.clients == 0, 10, 0.05))
+        result["ended_on_stop_s"] = round(time.monotonic() - t_stop, 2)
+
+        # Two getUserMedia calls: two sessions; stopping them ends both.
+        got = driver.execute_async_script(TWO_JS, portrait_id)
+        result["two"] = got
+        result["two_sessions"] = srv.active_sessions
+        driver.execute_script("window.__two.forEach((s) => s.getTracks().forEach((t) => t.stop()))")
+        result["two_ended"] = bool(wait_for(lambda: srv.active_sessions == 0, 10, 0.05))
+
+        # A tab that closes ends its session.
+        main = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        driver.get(call_url)
+        got = driver.execute_async_script(
+            GUM_ERROR_JS.replace("s.getTracks().forEach((t) => t.stop()); ", ""),
+            {"video": {"deviceId": portrait_id}, "audio": True},
+        )
+        result["tab_call"] = got
+        result["tab_sessions"] = srv.active_sessions
+        driver.close()
+        driver.switch_to.window(main)
+        t_close = time.monotonic()
+        result["tab_closed_ended"] = bool(wait_for(lambda: srv.active_sessions == 0 and srv.clients == 0, 10, 0.05))
+        result["tab_closed_ended_s"] = round(time.monotonic() - t_close, 2)
+
+        # The browser's own fake camera still works when chosen.
+        real = [d for d in devices if d["kind"] == "videoinput" and d["deviceId"] != portrait_id]
+        result["real_camera"] = driver.execute_async_script(REAL_CAMERA_JS, real[0]["deviceId"]) if real else None
+        result["active_after_real_camera"] = srv.active_sessions
+        if args.screenshot:
+            driver.save_screenshot(str(args.screenshot))
+    finally:
+        if driver is not None:
+            try:
+                result["console_problems"] = console.problems() if console else None
+                result["console"] = console.entries[-30:] if console else None
+            except Exception as exc:
+                result["console_error"] = f"{type(exc).__name__}: {exc}"
+            driver.quit()
+        call.stop()
+        server.stop()
+        shutil.rmtree(profile, ignore_errors=True)
+    result["total_s"] = round(time.monotonic() - t0, 2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--wav", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--screenshot", type=Path)
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "websockets", "selenium", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = run(args)
+    except Exception as exc:
+        import traceback
+
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print(json.dumps(result))
+    return 0 if "error" not in result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
