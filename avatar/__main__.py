@@ -1,4 +1,4 @@
-"""Command line: `avatar serve | render | train | eval | verify`.
+"""Command line: `avatar serve | render | camera | train | eval | verify`.
 
 Settings come from config.toml (or --config PATH); flags override single keys. This is the one
 place that reads the command line; everything below it receives frozen config dataclasses.
@@ -60,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", type=Path, required=True, help="output video file (.mp4)")
     render.add_argument("--landmarks", type=Path, help="JSON file of 68 (x, y) landmarks for the portrait")
     render.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    camera = commands.add_parser(
+        "camera", help="microphone -> talking portrait on a virtual camera + the synced voice to an output device"
+    )
+    _add_common(camera)
+    _add_generator_flags(camera)
+    camera.add_argument(
+        "portrait", nargs="?", type=Path, metavar="PORTRAIT",
+        help="a portrait image (default: the configured built-in)",
+    )
+    camera.add_argument("--landmarks", type=Path, help="JSON file of 68 (x, y) landmarks for the portrait")
+    camera.add_argument("--input", metavar="DEVICE", help="override camera.input: the microphone (index or name)")
+    camera.add_argument(
+        "--output", metavar="DEVICE", help="override camera.output: where the synced voice goes (a virtual audio cable)"
+    )
+    camera.add_argument(
+        "--camera", metavar="DEVICE", help="override camera.device: the virtual camera (Linux: /dev/videoN)"
+    )
+    camera.add_argument(
+        "--list-devices", action="store_true", help="list sound devices and virtual cameras, then exit"
+    )
 
     train = commands.add_parser("train", help="train the temporal-GAN generator on talking-face videos")
     _add_common(train)
@@ -173,6 +194,20 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _camera(args: argparse.Namespace) -> int:
+    from avatar.camera import list_devices, run_camera
+
+    if args.list_devices:
+        for line in list_devices():
+            print(line)
+        return 0
+    camera: dict[str, Any] = {}
+    for flag, key in (("input", "input"), ("output", "output"), ("camera", "device")):
+        if getattr(args, flag) is not None:
+            camera[key] = getattr(args, flag)
+    return run_camera(_config(args, camera=camera), portrait_path=args.portrait, landmarks_path=args.landmarks)
+
+
 def _train(args: argparse.Namespace) -> int:
     from avatar.train.loop import train
 
@@ -219,7 +254,9 @@ def _verify(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    handlers = {"serve": _serve, "render": _render, "train": _train, "eval": _eval, "verify": _verify}
+    handlers = {
+        "serve": _serve, "render": _render, "camera": _camera, "train": _train, "eval": _eval, "verify": _verify,
+    }
     try:
         return handlers[args.command](args)
     except AvatarError as exc:

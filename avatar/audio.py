@@ -88,12 +88,12 @@ class AudioNormalizer:
         return _concat(resampler.resample(None))
 
 
-def load_audio_file(path: Path | str) -> np.ndarray:
-    """Decode the first audio stream of any file av can open to mono int16 at 16 kHz."""
+def load_audio_file(path: Path | str, rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """Decode the first audio stream of any file av can open to mono int16 at `rate_hz` (16 kHz)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
-    normalizer = AudioNormalizer()
+    normalizer = AudioNormalizer(rate_hz)
     chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:

@@ -282,6 +282,25 @@ class WebRtcConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    """`avatar camera`: the sound devices and the virtual camera of the local live chain."""
+
+    input: str = ""
+    output: str = ""
+    device: str = ""
+    backend: str = ""
+    output_latency_s: float = 0.04
+
+    def __post_init__(self) -> None:
+        _check(
+            self.backend in ("", "v4l2loopback", "obs", "unitycapture"),
+            "camera.backend",
+            "must be '' (the platform's), 'v4l2loopback', 'obs' or 'unitycapture'",
+        )
+        _check(0.005 <= self.output_latency_s <= 0.5, "camera.output_latency_s", "must be in 0.005..0.5 s")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -295,6 +314,7 @@ class AppConfig:
     disclosure: DisclosureConfig = field(default_factory=DisclosureConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -31,6 +31,11 @@ class DeviceError(AvatarError):
     """A sound or compute device that is asked for but not present."""
 
 
+class VirtualCameraError(DeviceError):
+    """No virtual camera to send frames to: pyvirtualcam, or the driver it needs (v4l2loopback on
+    Linux, OBS Virtual Camera on Windows and macOS), is missing; the message says what to install."""
+
+
 class CredentialsError(AvatarError):
     """Content credentials (C2PA) that cannot be made or read: a signing certificate or key that is
     missing or invalid, a local chain that cannot be created, or a file no reader can parse."""

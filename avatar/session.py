@@ -479,5 +479,6 @@ class AvatarSession:
             "budget_lowered": self._counters["budget_lowered"],
             "audio_frames_in": self._counters["audio_frames"],
             "filled_frames": self._counters["filled_frames"],
+            "pending_windows": len(self._futures),  # submitted to the engine, frame not back yet
             "input_ended": self._input_ended,
         }

@@ -214,6 +214,16 @@ class AvatarVideoTrack(MediaStreamTrack):
             self._pacer.set_phase(offset)
 
     async def recv(self) -> av.VideoFrame:
+        t, rgb = await self.next_rgb()
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        assert self._pacer.t0 is not None
+        frame.pts = round((t - self._pacer.t0) * VIDEO_CLOCK_RATE)
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
+
+    async def next_rgb(self) -> tuple[float, np.ndarray]:
+        """The next frame as (its clock time, RGB uint8 (h, w, 3)), paced like `recv()`: for sinks
+        that take pixels, not av frames (the virtual camera). Raises MediaStreamError once stopped."""
         if self.readyState != "live":
             raise MediaStreamError
         self._follow_timeline()
@@ -230,11 +240,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             self.counters.repeats += 1
         else:
             self.counters.idle += 1
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        assert self._pacer.t0 is not None
-        frame.pts = round((t - self._pacer.t0) * VIDEO_CLOCK_RATE)
-        frame.time_base = VIDEO_TIME_BASE
-        return frame
+        return t, rgb
 
     def measured_fps(self, window_s: float = 2.0) -> float:
         return self._pacer.measured_rate(window_s)
@@ -292,6 +298,17 @@ class DelayedAudioTrack(MediaStreamTrack):
         return out
 
     async def recv(self) -> av.AudioFrame:
+        t, samples = await self.next_samples()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE_HZ
+        assert self._pacer.t0 is not None
+        frame.pts = round((t - self._pacer.t0) * AUDIO_RATE_HZ)
+        frame.time_base = AUDIO_TIME_BASE
+        return frame
+
+    async def next_samples(self) -> tuple[float, np.ndarray]:
+        """The next 20 ms as (its clock time, 48 kHz mono int16 (960,)), paced like `recv()`: for
+        sinks that take samples (a sound output device). Raises MediaStreamError once stopped."""
         if self.readyState != "live":
             raise MediaStreamError
         t = await self._pacer.wait_next()
@@ -306,9 +323,4 @@ class DelayedAudioTrack(MediaStreamTrack):
             self.silent_frames += 1
         self.counters.frames += 1
         self.counters.stalls = self._pacer.stalls
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = AUDIO_RATE_HZ
-        assert self._pacer.t0 is not None
-        frame.pts = round((t - self._pacer.t0) * AUDIO_RATE_HZ)
-        frame.time_base = AUDIO_TIME_BASE
-        return frame
+        return t, samples
