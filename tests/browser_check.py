@@ -157,32 +157,38 @@ class ServerThread:
         self.thread.join(10)
 
 
-def chromium(wav: Path, profile: Path) -> Any:
+CHROMIUM_FLAGS = (  # DESIGN.md section 4: a fake microphone, WebRTC on loopback, nothing phoning home
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+)
+
+
+def start_chromium(wav: Path, profile: Path, extra_flags: tuple[str, ...] = ()) -> Any:
+    """Headless Chromium with a fresh profile and `wav` as its microphone, driven by chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required",
-        "--window-size=1100,900",
-    ):
+    own = (f"--user-data-dir={profile}", f"--use-file-for-fake-audio-capture={wav}")
+    for flag in (*CHROMIUM_FLAGS, *own, *extra_flags):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def chromium(wav: Path, profile: Path) -> Any:
+    driver = start_chromium(wav, profile, ("--window-size=1100,900",))
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_JS})
     return driver
 

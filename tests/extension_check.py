@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_check import CHROMEDRIVER, CHROMIUM, Console, ServerThread, wait_for  # noqa: E402
+from browser_check import Console, ServerThread, start_chromium, wait_for  # noqa: E402
 
 from avatar.config import AppConfig, with_overrides  # noqa: E402
 
@@ -183,35 +183,17 @@ class CallPage:
 
 
 def chromium(wav: Path, profile: Path, call_port: int) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required",
-        "--window-size=1000,800",
-        f"--load-extension={EXTENSION}",
-        f"--disable-extensions-except={EXTENSION}",
-        f"--host-resolver-rules=MAP {CALL_HOST} 127.0.0.2",
-        f"--unsafely-treat-insecure-origin-as-secure=http://{CALL_HOST}:{call_port}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return start_chromium(
+        wav,
+        profile,
+        (
+            "--window-size=1000,800",
+            f"--load-extension={EXTENSION}",
+            f"--disable-extensions-except={EXTENSION}",
+            f"--host-resolver-rules=MAP {CALL_HOST} 127.0.0.2",
+            f"--unsafely-treat-insecure-origin-as-secure=http://{CALL_HOST}:{call_port}",
+        ),
+    )
 
 
 def extension_id(driver: Any) -> str:
