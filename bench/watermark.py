@@ -29,20 +29,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from avatar.audio import load_audio_file  # noqa: E402
-from avatar.config import load_config, with_overrides  # noqa: E402
+from avatar.config import load_config  # noqa: E402
 from avatar.disclosure.detect import DETECTION_SCORE, WatermarkDetector  # noqa: E402
 from avatar.disclosure.payload import Payload  # noqa: E402
 from avatar.disclosure.stage import DisclosureStage  # noqa: E402
 from avatar.disclosure.watermark import WatermarkEmbedder  # noqa: E402
-from avatar.generators.warp import WarpAnimator  # noqa: E402
-from avatar.portrait import default_portrait  # noqa: E402
 from avatar.speech import synthesize_speech  # noqa: E402
-from avatar.windows import iter_clip_windows  # noqa: E402
 from tests.real_images import negative_stills, pan_clip, photographs  # noqa: E402
-from tests.video_transforms import STANDARD, Clip  # noqa: E402
+from tests.video_transforms import STANDARD  # noqa: E402
+from tests.watermark_clips import Clip, mark_clip, psnr_db, talking_clip  # noqa: E402
 
 FPS = 25
-CLIP_FRAMES = 50  # 2 s
 RECORDING = Path("/usr/share/sounds/alsa/Front_Center.wav")
 
 TRANSFORMS: dict[str, Callable[[Clip], Clip]] = {"none": lambda c: c, **STANDARD}
@@ -51,41 +48,11 @@ QUICK = ["none", "vp8 300 kbps", "h264 500 kbps", "half size, x264 300 kbps", "c
 
 # ---- clips ---------------------------------------------------------------------------------------
 
-def talking_clip(size: int, audio: Path, seed: int) -> Clip:
-    """2 s of the default animator, unmarked (no disclosure stage)."""
-    config = with_overrides(load_config(), video={"width_px": size, "height_px": size})
-    generator = WarpAnimator(config.warp, config.video, device=torch.device("cpu"))
-    stream = generator.new_stream(default_portrait(config), seed=seed)
-    frames = []
-    for window in iter_clip_windows(load_audio_file(audio), config.windows, config.vad, FPS):
-        frames.append(generator.step([stream], [window])[0].rgb)
-        if len(frames) == CLIP_FRAMES:
-            break
-    while len(frames) < CLIP_FRAMES:
-        frames.append(frames[-1])
-    return np.stack(frames)
-
-
 def detect(clip: Clip) -> tuple[float, Payload | None]:
     detector = WatermarkDetector(FPS)
     detector.add_all(clip)
     result = detector.result()
     return result.score, result.payload
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b) ** 2).mean())
-    return 10.0 * np.log10(255.0**2 / max(mse, 1e-12))
-
-
-def mark(clip: Clip, session: int, service_id: int = 1) -> Clip:
-    h, w = clip.shape[1:3]
-    embedder = WatermarkEmbedder(w, h, torch.device("cpu"))
-    bits = torch.as_tensor(Payload(service_id, session).bits().astype(np.float32))[None]
-    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0
-    marked = [embedder.embed(part, bits.expand(len(part), -1)) for part in frames.split(8)]
-    out = torch.cat(marked).mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return np.ascontiguousarray(out)
 
 
 def embed_cost_ms(size: int, batch: int, device: torch.device, repeats: int = 30) -> float:
@@ -141,7 +108,7 @@ def main() -> int:
     unmarked: dict[str, Clip] = {}
     for size in sizes:
         for k, path in enumerate(audio):
-            unmarked[f"talk{k} {size}"] = talking_clip(size, path, seed=k)
+            unmarked[f"talk{k} {size}"] = talking_clip(load_config(), load_audio_file(path), size, seed=k)
         for name in pan_names:
             if name in photos:
                 unmarked[f"pan {name} {size}"] = pan_clip(photos[name], size)
@@ -152,7 +119,7 @@ def main() -> int:
     negative_scores: list[tuple[float, str]] = []
     for clip_name, clip in unmarked.items():
         session = int(rng.integers(0, 2**32))
-        marked = mark(clip, session)
+        marked = mark_clip(clip, session)
         psnrs.append(min(psnr_db(m, c) for m, c in zip(marked, clip, strict=True)))
         for name, transform in transforms.items():
             score, payload = detect(transform(marked))

@@ -448,7 +448,12 @@ def main() -> int:
     parser.add_argument("--scenario", choices=("talk", "idle"), default="talk")
     parser.add_argument("--offer-timeout", type=float, default=1.5, help="idle: server.offer_timeout_s")
     parser.add_argument("--max-session", type=float, default=5.0, help="idle: server.max_session_s")
-    args = parser.parse_args()
+    return run_and_report(run, parser.parse_args())
+
+
+def run_and_report(run: Any, args: argparse.Namespace) -> int:
+    """Run a check, print its result as one JSON line (an error and its traceback when it failed:
+    reported, not hidden, for the test to print); exit status 0 when it ran through."""
     import logging
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -456,7 +461,7 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = run(args)
-    except Exception as exc:  # report, do not hide: the test prints it
+    except Exception as exc:
         import traceback
 
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser_check import Console, ServerThread, start_chromium, wait_for  # noqa: E402
+from browser_check import Console, ServerThread, run_and_report, start_chromium, wait_for  # noqa: E402
 
 from avatar.config import AppConfig, with_overrides  # noqa: E402
 
@@ -417,20 +417,7 @@ def main() -> int:
     parser.add_argument("--wav", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--screenshot", type=Path)
-    args = parser.parse_args()
-    import logging
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aioice", "websockets", "selenium", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        result = run(args)
-    except Exception as exc:
-        import traceback
-
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print(json.dumps(result))
-    return 0 if "error" not in result else 1
+    return run_and_report(run, parser.parse_args())
 
 
 if __name__ == "__main__":

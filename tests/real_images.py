@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLIP_FRAMES = 50  # 2 s at 25 fps
-Clip = np.ndarray  # (T, H, W, 3) uint8
+from tests.watermark_clips import CLIP_FRAMES, Clip
 
 
 def pan_clip(photo: np.ndarray, size: int) -> Clip:

@@ -28,6 +28,7 @@ from avatar.engine import InferenceEngine
 from avatar.generators import load_generator
 from avatar.portrait import default_portrait
 from avatar.tracks import AUDIO_RATE_HZ
+from tests.label_check import label_contrast
 
 SIZE = 256
 FPS = 25
@@ -199,16 +200,10 @@ def test_frames_carry_the_visible_mark(speech_run: Run, camera_config: AppConfig
     d = camera_config.disclosure
     assert d.mark
     mark = VisibleMark(d.mark_text, d.mark_corner, SIZE, SIZE, torch.device("cpu"))
-    on_black = mark.apply(torch.zeros(1, 3, SIZE, SIZE)).numpy()[0]
-    on_white = mark.apply(torch.ones(1, 3, SIZE, SIZE)).numpy()[0]
-    x, y, w, h = mark.box
-    colour = on_black[:, y : y + h, x : x + w].mean(axis=0)
-    alpha = 1.0 - (on_white - on_black)[0, y : y + h, x : x + w]
-    text, pill = colour > 0.85, (alpha > 0.5) & (colour < 0.2)
     frames = speech_run.frames.frames
     for _, rgb in frames[:: max(1, len(frames) // 12)]:
-        grey = rgb[y : y + h, x : x + w].astype(np.float32).mean(axis=2) / 255.0
-        assert grey[text].mean() - grey[pill].mean() > 0.4, (grey[text].mean(), grey[pill].mean())
+        text, pill = label_contrast(rgb, mark)
+        assert text - pill > 0.4, (text, pill)
 
 
 # -- the command line, on a machine without the devices -----------------------------------------

@@ -9,6 +9,7 @@ import torch
 from avatar.config import AppConfig, with_overrides
 from avatar.disclosure.mark import CORNERS, VisibleMark
 from avatar.errors import ConfigError, GeneratorError
+from tests.label_check import label_layers
 
 CPU = torch.device("cpu")
 DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -21,18 +22,6 @@ def _frames(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 def _changed(before: torch.Tensor, after: torch.Tensor) -> np.ndarray:
     """(H, W) bool: pixels that differ in any channel of any frame."""
     return (before != after).any(dim=1).any(dim=0).cpu().numpy()
-
-
-def _layers(mark: VisibleMark) -> tuple[np.ndarray, np.ndarray]:
-    """The label's premultiplied colour (3, h, w) and alpha (h, w), read back through `apply`:
-    over black it leaves the colour, over white the colour plus what shows through."""
-    h, w = mark.height_px, mark.width_px
-    on_black = mark.apply(torch.zeros(1, 3, h, w)).numpy()[0]
-    on_white = mark.apply(torch.ones(1, 3, h, w)).numpy()[0]
-    x, y, bw, bh = mark.box
-    colour = on_black[:, y : y + bh, x : x + bw]
-    alpha = 1.0 - (on_white - on_black)[0, y : y + bh, x : x + bw]
-    return colour, alpha
 
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
@@ -74,7 +63,7 @@ def test_every_frame_of_a_batch_is_marked_the_same() -> None:
     after = mark.apply(frames)
     reference = mark.apply(before[2:3].clone())
     masks = [_changed(before[i : i + 1], after[i : i + 1]) for i in range(5)]
-    colour, alpha = _layers(mark)
+    colour, alpha = label_layers(mark)
     x, y, w, h = mark.box
     for i in range(5):
         expected = before[i, :, y : y + h, x : x + w].numpy() * (1.0 - alpha) + colour
@@ -89,7 +78,7 @@ def test_the_label_reads_white_on_dark(background: float) -> None:
     mark = VisibleMark("AI-generated", "top-right", size, size, CPU)
     frames = torch.full((1, 3, size, size), background)
     out = mark.apply(frames).numpy()[0].mean(axis=0)
-    colour, alpha = _layers(mark)
+    colour, alpha = label_layers(mark)
     x, y, w, h = mark.box
     box = out[y : y + h, x : x + w]
     text = colour.mean(axis=0) > 0.85  # nearly opaque white
@@ -157,7 +146,7 @@ def test_the_default_portrait_is_marked_legibly() -> None:
     mark = VisibleMark(d.mark_text, d.mark_corner, 256, 256, CPU)
     frame = torch.from_numpy(portrait.rgb).permute(2, 0, 1)[None].float() / 255.0
     out = mark.apply(frame.clone())[0].mean(dim=0).numpy()
-    colour, alpha = _layers(mark)
+    colour, alpha = label_layers(mark)
     x, y, w, h = mark.box
     box = out[y : y + h, x : x + w]
     text = colour.mean(axis=0) > 0.85

@@ -28,6 +28,7 @@ from avatar.disclosure.mark import VisibleMark
 from avatar.speech import synthesize_speech
 from signaling.server import SignalingServer
 from tests.conftest import SENTENCE
+from tests.label_check import label_masks
 from tests.ws_client import Client, http_request, printed_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -255,18 +256,6 @@ async def test_welcome_reports_disclosure_from_the_stage_else_the_config() -> No
     assert backend.disclosure() == Disclosure(mark=False, watermark=False)
 
 
-def _label_layers(width: int, height: int) -> tuple[VisibleMark, np.ndarray, np.ndarray]:
-    """The server's mark as configured, with its premultiplied colour and alpha inside its box."""
-    d = server_config().disclosure
-    mark = VisibleMark(d.mark_text, d.mark_corner, width, height, torch.device("cpu"))
-    on_black = mark.apply(torch.zeros(1, 3, height, width)).numpy()[0]
-    on_white = mark.apply(torch.ones(1, 3, height, width)).numpy()[0]
-    x, y, w, h = mark.box
-    colour = on_black[:, y : y + h, x : x + w].mean(axis=0)
-    alpha = 1.0 - (on_white - on_black)[0, y : y + h, x : x + w]
-    return mark, colour, alpha
-
-
 @pytest.mark.slow
 async def test_live_frames_carry_the_visible_mark(server: SignalingServer) -> None:
     async with Client(server.url) as client:
@@ -280,12 +269,12 @@ async def test_live_frames_carry_the_visible_mark(server: SignalingServer) -> No
     await _settle(server)
     assert len(frames) > 20, len(frames)
 
-    mark, colour, alpha = _label_layers(256, 256)
+    d = server_config().disclosure
+    mark = VisibleMark(d.mark_text, d.mark_corner, 256, 256, torch.device("cpu"))
     x, y, w, h = mark.box
     plain = server.backend.default_portrait().rgb.astype(np.float32) / 255.0  # the same portrait, unmarked
     marked = mark.apply(torch.from_numpy(plain).permute(2, 0, 1)[None].clone())[0].permute(1, 2, 0).numpy()
-    text = colour > 0.85  # where the label is white text
-    pill = (alpha > 0.5) & (colour < 0.2)  # where it is the dark pill
+    text, pill = label_masks(mark)  # where the label is white text, and where it is the dark pill
     for frame in frames[:: max(1, len(frames) // 10)]:
         got = frame.astype(np.float32) / 255.0
         box = (slice(y, y + h), slice(x, x + w))

@@ -14,11 +14,14 @@ import av
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 
+from avatar.disclosure.mark import VisibleMark
 from avatar.disclosure.payload import Payload, session_number
 from avatar.speech import synthesize_speech
 from signaling.server import SignalingServer
-from tests.test_server import TOKEN, _label_layers, server_config
+from tests.label_check import label_contrast
+from tests.test_server import TOKEN, server_config
 from tests.video_transforms import encode_mp4
 from tests.ws_client import Client
 
@@ -97,13 +100,12 @@ def test_a_fresh_render_is_synthetic_by_both_marks(render: Path) -> None:
 
 
 def test_every_frame_of_a_render_shows_the_label(render: Path) -> None:
-    mark, colour, alpha = _label_layers(256, 256)
-    x, y, w, h = mark.box
-    text, pill = colour > 0.85, (alpha > 0.5) & (colour < 0.2)
+    d = server_config().disclosure
+    mark = VisibleMark(d.mark_text, d.mark_corner, 256, 256, torch.device("cpu"))
     frames = decoded(render)
     for frame in frames[:: max(1, len(frames) // 12)]:
-        grey = frame[y : y + h, x : x + w].astype(np.float32).mean(axis=2) / 255.0
-        assert grey[text].mean() - grey[pill].mean() > 0.4, (grey[text].mean(), grey[pill].mean())
+        text, pill = label_contrast(frame, mark)
+        assert text - pill > 0.4, (text, pill)
 
 
 def test_a_render_re_encoded_at_half_size_and_300_kbps_is_still_synthetic(render: Path, tmp_path: Path) -> None:

@@ -9,52 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from avatar.config import AppConfig, with_overrides
+from avatar.config import AppConfig
 from avatar.disclosure.detect import DETECTION_SCORE, WatermarkDetector
 from avatar.disclosure.payload import PAYLOAD_BITS, Payload, session_number
 from avatar.disclosure.watermark import WatermarkEmbedder
-from avatar.generators.warp import WarpAnimator
-from avatar.portrait import default_portrait
-from avatar.windows import iter_clip_windows
 from tests.real_images import negative_stills, pan_clip, photographs
-from tests.video_transforms import STANDARD, Clip, aiortc_codec, resized, x264
+from tests.video_transforms import STANDARD, aiortc_codec, resized, x264
+from tests.watermark_clips import CLIP_FRAMES, Clip, mark_clip, psnr_db, talking_clip
 
 RECORDING = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, from Debian's alsa-utils
-FRAMES = 50  # 2 s at 25 fps
 SESSION = 0x5EED1234
-
-
-def talking_clip(config: AppConfig, samples: np.ndarray, size: int) -> Clip:
-    """2 s of the default animator with no disclosure stage: the frames as they leave the face."""
-    config = with_overrides(config, video={"width_px": size, "height_px": size})
-    generator = WarpAnimator(config.warp, config.video, device=torch.device("cpu"))
-    stream = generator.new_stream(default_portrait(config), seed=3)
-    frames = []
-    for window in iter_clip_windows(samples, config.windows, config.vad, config.video.fps):
-        frames.append(generator.step([stream], [window])[0].rgb)
-        if len(frames) == FRAMES:
-            break
-    return np.stack(frames)
-
-
-def mark(clip: Clip, session: int = SESSION) -> Clip:
-    h, w = clip.shape[1:3]
-    embedder = WatermarkEmbedder(w, h, torch.device("cpu"))
-    bits = torch.as_tensor(Payload(1, session).bits().astype(np.float32))[None]
-    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0
-    out = torch.cat([embedder.embed(part, bits.expand(len(part), -1)) for part in frames.split(8)])
-    return np.ascontiguousarray(out.mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def detect(clip: Clip):  # noqa: ANN201 - WatermarkResult
     detector = WatermarkDetector(25.0)
     detector.add_all(clip)
     return detector.result()
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b) ** 2).mean())
-    return 10.0 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +34,7 @@ def clip256(config: AppConfig, speech: np.ndarray) -> Clip:
 
 @pytest.fixture(scope="module")
 def marked256(clip256: Clip) -> Clip:
-    return mark(clip256)
+    return mark_clip(clip256, SESSION)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +72,7 @@ def test_the_watermark_keeps_every_frame_above_40_db(clip256: Clip, marked256: C
     assert min(psnr_db(m, c) for m, c in zip(marked256, clip256, strict=True)) >= 40.0
     photo = photographs()["coffee"]
     panned = pan_clip(photo, 512)[:4]
-    assert min(psnr_db(m, c) for m, c in zip(mark(panned), panned, strict=True)) >= 40.0
+    assert min(psnr_db(m, c) for m, c in zip(mark_clip(panned, SESSION), panned, strict=True)) >= 40.0
 
 
 def test_flat_areas_change_less_than_textured_ones(clip256: Clip, marked256: Clip) -> None:
@@ -111,7 +81,7 @@ def test_flat_areas_change_less_than_textured_ones(clip256: Clip, marked256: Cli
     flat, busy = change[8:72, 184:248], change[90:170, 90:170]
     assert np.abs(flat).std() < np.abs(busy).std()
     grey = np.full((2, 256, 256, 3), 128, dtype=np.uint8)
-    marked_grey = mark(grey)
+    marked_grey = mark_clip(grey, SESSION)
     assert np.abs(marked_grey.astype(int) - 128).max() <= 6
     assert psnr_db(marked_grey[0], grey[0]) >= 40.0
 
@@ -122,7 +92,7 @@ def test_clean_frames_give_the_payload_back(marked256: Clip) -> None:
     result = detect(marked256)
     assert result.detected and result.score >= DETECTION_SCORE
     assert result.payload == Payload(1, SESSION)
-    assert result.frames == FRAMES
+    assert result.frames == CLIP_FRAMES
     single = detect(marked256[:1])
     assert single.detected and single.payload == Payload(1, SESSION)
 
@@ -143,7 +113,7 @@ def test_detected_after(name: str, marked256: Clip) -> None:
 
 
 def test_detected_in_a_recorded_human_voice_after_vp8_at_300_kbps(recorded_clip256: Clip) -> None:
-    result = detect(aiortc_codec("vp8", 300_000)(mark(recorded_clip256, session=7)))
+    result = detect(aiortc_codec("vp8", 300_000)(mark_clip(recorded_clip256, 7)))
     assert result.detected
     assert result.payload in (None, Payload(1, 7))
 
@@ -156,7 +126,7 @@ def test_detected_at_512_after(name: str, config: AppConfig, speech: np.ndarray)
         "h264 500 kbps": aiortc_codec("h264", 500_000),
         "half size, x264 300 kbps": x264(300_000, scale=0.5),
     }[name]
-    result = detect(transform(mark(talking_clip(config, speech, 512))))
+    result = detect(transform(mark_clip(talking_clip(config, speech, 512), SESSION)))
     assert result.detected, f"score {result.score:.2f} after {name} at 512x512"
 
 
@@ -164,7 +134,7 @@ def test_a_marked_part_of_a_longer_video_is_found(clip256: Clip, marked256: Clip
     video = np.concatenate([clip256, clip256, marked256, clip256])  # 8 s, marked from 4 s to 6 s
     result = detect(video)
     assert result.detected and result.payload == Payload(1, SESSION)
-    assert result.frames == 4 * FRAMES
+    assert result.frames == 4 * CLIP_FRAMES
 
 
 def test_frames_of_several_sizes_are_read_each_at_its_own_size(marked256: Clip) -> None:
