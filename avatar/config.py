@@ -55,12 +55,20 @@ class VadConfig:
 
 @dataclass(frozen=True)
 class WindowConfig:
+    """Each frame's audio window; and how far ahead of its frames the voice plays (`voice_lead_s`):
+    a frame's mouth reads into its lookahead, so it moves ahead of the sound it shows by part of
+    the lookahead, and the voice is played that much earlier to meet it (tests/av_sync.py
+    measures lips against voice at the far end of a browser call)."""
+
     window_s: float = 0.2
     lookahead_s: float = 0.04
+    voice_lead_s: float = 0.02
 
     def __post_init__(self) -> None:
         _check(0.02 <= self.window_s <= 2.0, "windows.window_s", "must be between 0.02 and 2 s")
         _check(0.0 <= self.lookahead_s <= 0.5, "windows.lookahead_s", "must be between 0 and 0.5 s")
+        _check(0.0 <= self.voice_lead_s <= self.lookahead_s, "windows.voice_lead_s",
+               "must be between 0 and windows.lookahead_s")  # fmt: skip
 
     @property
     def past_samples(self) -> int:

@@ -36,6 +36,7 @@ from avatar.windows import iter_clip_windows
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RenderResult:
     out_path: Path
@@ -80,14 +81,15 @@ class _Muxer:
         self._pending_audio = first
         rate = first.sample_rate if first is not None else SAMPLE_RATE_HZ
         layout = first.layout.name if first is not None else "mono"
-        self._audio = cast(
-            AudioStream, self._container.add_stream(config.render.audio_codec, rate=rate, layout=layout)
-        )
+        self._audio = cast(AudioStream, self._container.add_stream(config.render.audio_codec, rate=rate, layout=layout))
         self._audio.bit_rate = config.render.audio_bitrate_bps
         # AAC takes frames of exactly frame_size samples; this FIFO re-chunks the decoded audio.
         self._fifo = av.AudioFifo()
         self._audio_samples = 0
         self._rate = rate
+        # The voice plays `voice_lead_s` ahead of its frames, as it does live (config.WindowConfig).
+        self._skip_samples = round(config.windows.voice_lead_s * rate)
+        self._encoded_samples = 0
 
     def write_video(self, rgb: np.ndarray, frame_index: int) -> None:
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -96,12 +98,14 @@ class _Muxer:
         self._write_audio_until((frame_index + 1) / self._fps)
 
     def _write_audio_until(self, time_s: float | None) -> None:
-        while self._pending_audio is not None and (
-            time_s is None or self._audio_samples / self._rate < time_s
-        ):
+        while self._pending_audio is not None and (time_s is None or self._audio_samples / self._rate < time_s):
             frame = self._pending_audio
             self._audio_samples += frame.samples
             self._fifo.write(frame)
+            if self._skip_samples and self._fifo.samples:
+                skipped = min(self._skip_samples, self._fifo.samples)
+                self._fifo.read(skipped)
+                self._skip_samples -= skipped
             self._drain_fifo(final=False)
             self._pending_audio = next(self._audio_frames, None)
 
@@ -109,6 +113,10 @@ class _Muxer:
         size = self._audio.codec_context.frame_size or 1024
         while self._fifo.samples >= size or (final and self._fifo.samples > 0):
             chunk = self._fifo.read(min(size, self._fifo.samples))
+            assert chunk is not None  # the FIFO holds that many samples
+            chunk.pts = self._encoded_samples
+            chunk.time_base = Fraction(1, self._rate)
+            self._encoded_samples += chunk.samples
             self._container.mux(self._audio.encode(chunk))
 
     def close(self) -> None:
@@ -159,16 +167,18 @@ def render_file(
         if portrait_path is None:
             portrait = default_portrait(config)
         else:
-            portrait = load_portrait(
-                Path(portrait_path), config.portrait, config.video, landmarks=landmarks_path
-            )
+            portrait = load_portrait(Path(portrait_path), config.portrait, config.video, landmarks=landmarks_path)
         generator = load_generator(config)
         session_number = secrets.randbits(32)  # the watermark's session number, also in the credentials
         stream = generator.new_stream(portrait, seed=config.generator.seed, session_number=session_number)
         total_frames = -(-len(samples) * config.video.fps // SAMPLE_RATE_HZ)
         log.info(
             "rendering %.2f s of audio on %r with %s on %s: %d frames, watermark session number %08x",
-            len(samples) / SAMPLE_RATE_HZ, portrait.name, generator.name, generator.device, total_frames,
+            len(samples) / SAMPLE_RATE_HZ,
+            portrait.name,
+            generator.name,
+            generator.device,
+            total_frames,
             session_number,
         )
         muxer = _Muxer(video_path, config, audio_path)

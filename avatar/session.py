@@ -10,8 +10,10 @@ Input time `u` counts the received voice from its first sample. Window k of the 
 `u = k / fps` and needs the audio up to `k / fps + lookahead_s`. One `MediaTimeline` maps input time
 to clock time, `t = u + offset_s`, and both tracks read it: the video frame of window k goes out at
 `k / fps + offset_s` (the video grid is phased onto those times) and the voice of input time `u` is
-played at `u + offset_s`. Lips and voice are therefore in sync by construction; what remains to
-choose is the delay `delay_s` between the arrival of audio and its playing out:
+played at `u + offset_s - voice_lead_s`: a frame's mouth reads into its lookahead and so moves
+ahead of the sound it shows, and the voice is played that much earlier to meet it
+(`windows.voice_lead_s`). Lips and voice are therefore in sync by construction; what remains to
+choose is the delay `delay_s` between the arrival of audio and the playing out of its frames:
 
     delay_s = lookahead_s          (window k cannot be cut before its lookahead has arrived)
             + generation_budget_s  (queueing and one batched step on the engine)
@@ -20,9 +22,8 @@ choose is the delay `delay_s` between the arrival of audio and its playing out:
 
 With the defaults (25 fps, 40 ms lookahead: windows end on packet boundaries) that is
 40 + 25 + 10 = 75 ms. It is the smallest delay at which every frame is ready on time; a larger one
-only adds latency, a smaller one makes the video repeat frames. The mouth itself can be earlier
-than the voice by up to the lookahead, when the generator reacts to what its lookahead hears (as
-lips move before the sound comes). The generation budget starts at `generation_budget_s` (a
+only adds latency, a smaller one makes the video repeat frames (the voice plays `voice_lead_s`
+sooner). The generation budget starts at `generation_budget_s` (a
 constructor argument, default 25 ms) and grows when frames complete after their time (twice within
 the last 50 frames, by the lateness seen, at least half a frame, at most to two engine steps (p95)
 plus a frame, and never past 500 ms: more cannot help a generator slower than real time, whose
@@ -140,7 +141,11 @@ class AvatarSession:
         self.timeline = MediaTimeline(self.fps)
         self.store = FrameStore(portrait.rgb)
         self._video = AvatarVideoTrack(self.store, self.timeline, self.fps, clock=self.clock)
-        self._audio = DelayedAudioTrack(self.timeline, clock=self.clock) if return_audio else None
+        self._audio = (
+            DelayedAudioTrack(self.timeline, clock=self.clock, lead_s=config.windows.voice_lead_s)
+            if return_audio
+            else None
+        )
         self.ended = asyncio.Event()
         self._started = asyncio.Event()
         self._closed = False
@@ -206,7 +211,10 @@ class AvatarSession:
             self._audio.start(t0)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"session-{self.session_id}-pump")
         self._started.set()
-        self.log.info("started (%d fps, delay %.0f ms)", self.fps, self.delay_s * 1000)
+        self.log.info(
+            "started (%d fps, delay %.0f ms, the voice %.0f ms)",
+            self.fps, self.delay_s * 1000, (self.delay_s - self.config.windows.voice_lead_s) * 1000,
+        )  # fmt: skip
 
     def attach_audio(self, track: MediaStreamTrack) -> None:
         """Read `track` until it ends, into the chain; one input track per session."""

@@ -17,7 +17,8 @@ never a shorter one). Each frame is the newest generated frame not ahead of its 
 generator is late the last frame is repeated, and before any frame exists the idle frame is sent.
 
 `DelayedAudioTrack` sends 20 ms frames of 48 kHz mono s16 on the grid `t0 + n * 20 ms`; frame n
-carries the received voice of input time `t - offset_s`, read from a small buffer, and silence
+carries the received voice of input time `t - offset_s + lead_s` (the voice leads its frames by
+`lead_s`, whose mouths read that far ahead), read from a small buffer, and silence
 wherever nothing has arrived (before the voice, in gaps, after it). Its pts is `n * 960` in 1/48000;
 it re-anchors after a stall like the video track. Both tracks start together from one `t0`.
 """
@@ -191,9 +192,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(
-        self, store: FrameStore, timeline: MediaTimeline, fps: int, *, clock: Clock | None = None
-    ) -> None:
+    def __init__(self, store: FrameStore, timeline: MediaTimeline, fps: int, *, clock: Clock | None = None) -> None:
         super().__init__()
         self.store = store
         self.timeline = timeline
@@ -251,9 +250,12 @@ class DelayedAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, timeline: MediaTimeline, *, clock: Clock | None = None, max_buffer_s: float = 3.0) -> None:
+    def __init__(
+        self, timeline: MediaTimeline, *, clock: Clock | None = None, max_buffer_s: float = 3.0, lead_s: float = 0.0
+    ) -> None:
         super().__init__()
         self.timeline = timeline
+        self.lead_s = lead_s  # plays input time u at u + offset_s - lead_s (config.WindowConfig.voice_lead_s)
         self.clock: Clock = clock or SessionClock()
         self.max_buffer_samples = round(max_buffer_s * AUDIO_RATE_HZ)
         self._pacer = _Pacer(AUDIO_PTIME_S, self.clock)
@@ -314,7 +316,7 @@ class DelayedAudioTrack(MediaStreamTrack):
         t = await self._pacer.wait_next()
         if self.readyState != "live":
             raise MediaStreamError
-        first = self.timeline.input_sample_at(t, AUDIO_RATE_HZ)
+        first = self.timeline.input_sample_at(t + self.lead_s, AUDIO_RATE_HZ)
         if first is None:
             samples = np.zeros(AUDIO_FRAME_SAMPLES, dtype=np.int16)
         else:

@@ -7,7 +7,7 @@ origin as secure). The page finds the "Talking portrait" camera, gets it with au
 both tracks through a WebRTC connection to a second RTCPeerConnection in the same page; the far
 end's frames, mouth region and audio level are what is measured.
 
-    python tests/extension_check.py --wav SPEECH.wav [--seconds 6]
+    python tests/extension_check.py --wav SPEECH.wav [--seconds 6] [--screenshot CALL.png]
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from av_sync import WATCH_JS, sync_summary  # noqa: E402
 from browser_check import Console, ServerThread, run_and_report, start_chromium, wait_for  # noqa: E402
 
 from avatar.config import AppConfig, with_overrides  # noqa: E402
@@ -36,8 +35,23 @@ REPO = Path(__file__).resolve().parent.parent
 EXTENSION = REPO / "web" / "extension"
 TOKEN = "extension-check-token"
 CALL_HOST = "call.example"
-CALL_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Call</title></head>
-<body><h1>A video call on another origin</h1><video id="far" autoplay playsinline muted></video></body></html>"""
+CALL_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Call</title>
+<style>body{font:16px system-ui,sans-serif;background:#202124;color:#e8eaed;margin:24px}
+.tile{display:inline-block;background:#3c4043;border-radius:12px;padding:10px;margin-right:16px;vertical-align:top}
+.tile span{display:block;margin-top:6px;font-size:14px}</style></head>
+<body><h1>A video call on another origin</h1>
+<div class="tile"><video id="far" autoplay playsinline muted width="384" height="384"></video>
+<canvas id="farShot" width="384" height="384" hidden></canvas><span>The other side of the call sees you</span></div>
+<div class="tile" id="self"><span>You (camera: <b>Talking portrait</b>)</span></div>
+</body></html>"""
+
+# Headless screenshots leave <video> black: draw the far end's current frame into a canvas.
+SHOT_JS = """
+const video = document.getElementById('far'), shot = document.getElementById('farShot');
+shot.getContext('2d').drawImage(video, 0, 0, shot.width, shot.height);
+shot.hidden = false;
+video.hidden = true;
+"""
 
 DEVICES_JS = """
 const done = arguments[0];
@@ -80,43 +94,20 @@ const [deviceId, done] = arguments;
   await b.setRemoteDescription(a.localDescription);
   await b.setLocalDescription(await b.createAnswer());
   await a.setRemoteDescription(b.localDescription);
-  // Sampled per presented video frame, at the far end and (for comparison) at the near end:
-  // time, mouth-region gray values, the audio RMS of the same end's voice track.
+  // Sampled at both ends (tests/av_sync.py): the far end is what the call's other side sees.
   const ctx = new AudioContext();
-  const canvas = document.createElement('canvas');
-  const c2d = canvas.getContext('2d', { willReadFrequently: true });
-  window.__call = { stream, a, b, far, ctx, sampling: false, gumMs, samples: { far: [], near: [] } };
-  const watch = async (media, video, samples) => {
+  const nearVideo = document.createElement('video');
+  nearVideo.muted = true;
+  nearVideo.width = nearVideo.height = 192;
+  document.getElementById('self').prepend(nearVideo);
+  const show = async (media, video) => {
     video.srcObject = media;
     video.muted = true;
     await video.play().catch(() => {});
-    const analyser = ctx.createAnalyser();
-    analyser.fftSize = 512;
-    const audio = media.getAudioTracks()[0];
-    if (audio) ctx.createMediaStreamSource(new MediaStream([audio])).connect(analyser);
-    const buf = new Float32Array(analyser.fftSize);
-    const onFrame = (now) => {
-      if (window.__call.sampling && video.videoWidth) {
-        const w = video.videoWidth, h = video.videoHeight;
-        canvas.width = w; canvas.height = h;
-        c2d.drawImage(video, 0, 0);
-        const x = Math.round(w * 0.3), y = Math.round(h * 0.55), rw = Math.round(w * 0.4), rh = Math.round(h * 0.3);
-        const data = c2d.getImageData(x, y, rw, rh).data;
-        const gray = new Array(rw * rh);
-        for (let i = 0; i < rw * rh; i++) gray[i] = (data[4 * i] + data[4 * i + 1] + data[4 * i + 2]) / 3;
-        analyser.getFloatTimeDomainData(buf);
-        let sum = 0;
-        for (const v of buf) sum += v * v;
-        samples.push({ t: now, gray, rw, rh, rms: Math.sqrt(sum / buf.length) });
-      }
-      video.requestVideoFrameCallback(onFrame);
-    };
-    video.requestVideoFrameCallback(onFrame);
   };
-  await watch(far, document.getElementById('far'), window.__call.samples.far);
-  const nearVideo = document.createElement('video');
-  document.body.append(nearVideo);
-  await watch(stream, nearVideo, window.__call.samples.near);
+  await show(far, document.getElementById('far'));
+  await show(stream, nearVideo);
+  window.__call = { stream, a, b, far, ctx, gumMs, nearVideo };
   const tracks = stream.getTracks().map((t) => ({ kind: t.kind, label: t.label, state: t.readyState,
     deviceId: t.getSettings().deviceId }));
   done({ ok: true, tracks, gumMs: Math.round(gumMs) });
@@ -138,6 +129,17 @@ call.b.getStats().then((report) => {
   });
   done(out);
 });
+"""
+
+# Sample both ends (tests/av_sync.py) from now on.
+START_WATCH_JS = """
+const done = arguments[0];
+const c = window.__call;
+const box = [0.3, 0.55, 0.4, 0.3];  // the mouth region, as fractions of the frame
+const farAudio = c.b.getReceivers().find((r) => r.track.kind === 'audio');
+Promise.all([watchEnd(c.ctx, c.far, document.getElementById('far'), box, farAudio),
+             watchEnd(c.ctx, c.stream, c.nearVideo, box)])
+  .then(([far, near]) => { window.__ends = { far, near }; done(true); }, (e) => done(String(e)));
 """
 
 TWO_JS = """
@@ -240,51 +242,18 @@ def popup_state(driver: Any, ext: str, want: str) -> dict[str, Any]:
         message = driver.find_element(By.ID, "message")
         checked = wait_for(lambda: "Checking" not in message.text and message.text, 8) or message.text
         options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#portraitName option")]
-        return {"sessions": text, "check": checked, "portraits": options}
+        last = driver.find_element(By.ID, "lastError")
+        return {"sessions": text, "check": checked, "portraits": options,
+                "last_error": last.text if last.is_displayed() else None}  # fmt: skip
     finally:
         driver.close()
         driver.switch_to.window(main)
 
 
-def sync_lag_ms(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mouth motion (distance from the median mouth) against the received audio envelope, both at
-    the far end, per video frame: the lag (ms) with the highest correlation; > 0: lips after voice."""
-    if len(samples) < 50:
-        return {"frames": len(samples)}
-    stack = np.stack([np.asarray(s["gray"], np.float32).reshape(s["rh"], s["rw"]) for s in samples])
-    mouth = np.abs(stack - np.median(stack, axis=0)).mean(axis=(1, 2))
-    times = np.asarray([s["t"] for s in samples])
-    rms = np.asarray([s["rms"] for s in samples])
-    grid = np.arange(times[0], times[-1], 5.0)  # 5 ms resolution
-    m = np.interp(grid, times, mouth)
-    a = np.interp(grid, times, rms)
-    m, a = (m - m.mean()) / (m.std() + 1e-9), (a - a.mean()) / (a.std() + 1e-9)
-    best, best_lag = -2.0, 0
-    corr = {}
-    for lag in range(-60, 61):  # -300..300 ms
-        if lag >= 0:
-            c = float(np.mean(m[lag:] * a[: len(a) - lag]))
-        else:
-            c = float(np.mean(m[:lag] * a[-lag:]))
-        corr[lag * 5] = round(c, 3)
-        if c > best:
-            best, best_lag = c, lag
-    return {
-        "frames": len(samples),
-        "lag_ms": best_lag * 5,
-        "corr": round(best, 3),
-        "corr_at_0": corr[0],
-        "mouth_max": round(float(mouth.max()), 2),
-        "mouth_p90": round(float(np.percentile(mouth, 90)), 2),
-        "mouth_min": round(float(mouth.min()), 2),
-        "rms_max": round(float(rms.max()), 4),
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     config = with_overrides(
         AppConfig(),
-        server={"host": "127.0.0.1", "port": 0, "token": TOKEN},
+        server={"host": "127.0.0.1", "port": 0, "token": TOKEN, "max_sessions": 2},
         webrtc={"host_addresses": ["127.0.0.1"]},
         video={"width_px": 256, "height_px": 256, "fps": 25},
         warp={"head_motion": 0.0, "breathing": 0.0},
@@ -347,20 +316,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError("the far end decoded no frame: " + json.dumps(driver.execute_async_script(FAR_STATS_JS)))
         time.sleep(1.0)
         s1, t1 = driver.execute_async_script(FAR_STATS_JS), time.monotonic()
-        driver.execute_script("window.__call.sampling = true")
+        driver.execute_script(WATCH_JS)
+        driver.execute_async_script(START_WATCH_JS)
         levels = []
         while time.monotonic() - t1 < args.seconds:
             levels.append(driver.execute_async_script(FAR_STATS_JS)["audioLevel"])
             time.sleep(0.2)
-        driver.execute_script("window.__call.sampling = false")
+        driver.execute_script("window.__ends.far.stop(); window.__ends.near.stop()")
         s2, t2 = driver.execute_async_script(FAR_STATS_JS), time.monotonic()
         result["far_fps"] = round((s2["framesDecoded"] - s1["framesDecoded"]) / (t2 - t1), 2)
         result["far_size"] = [s2["width"], s2["height"]]
         result["far_audio_bytes"] = s2["audioBytes"]
         result["far_audio_level_max"] = max((x or 0.0) for x in levels)
-        samples = driver.execute_script("return window.__call.samples")
-        result["sync"] = sync_lag_ms(samples["far"])
-        result["sync_near"] = sync_lag_ms(samples["near"])
+        ends = driver.execute_script(
+            "const e = window.__ends;"
+            "return {far: [e.far.frames, e.far.audio, e.far.playout], near: [e.near.frames, e.near.audio]}"
+        )
+        result["sync"] = sync_summary(ends["far"][0], ends["far"][2])  # the far end's playout clock
+        result["sync_web_audio"] = sync_summary(ends["far"][0], ends["far"][1])
+        result["sync_near_web_audio"] = sync_summary(ends["near"][0], ends["near"][1])
+        if args.screenshot:  # during speech
+            driver.execute_script(SHOT_JS)
+            driver.save_screenshot(str(args.screenshot))
+            driver.execute_script("farShot.hidden = true; far.hidden = false")
         result["popup"] = popup_state(driver, ext, "connected")
         # Stop both tracks: the server session ends at once.
         driver.execute_script("window.__call.stream.getTracks().forEach((t) => t.stop())")
@@ -372,6 +350,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         got = driver.execute_async_script(TWO_JS, portrait_id)
         result["two"] = got
         result["two_sessions"] = srv.active_sessions
+        # Every media slot (max_sessions = 2) is taken: a third is refused as busy, and the popup says so.
+        result["busy"] = driver.execute_async_script(GUM_ERROR_JS, {"video": {"deviceId": portrait_id}})
+        result["popup_busy"] = popup_state(driver, ext, "connected")
         driver.execute_script("window.__two.forEach((s) => s.getTracks().forEach((t) => t.stop()))")
         result["two_ended"] = bool(wait_for(lambda: srv.active_sessions == 0, 10, 0.05))
 
@@ -395,8 +376,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         real = [d for d in devices if d["kind"] == "videoinput" and d["deviceId"] != portrait_id]
         result["real_camera"] = driver.execute_async_script(REAL_CAMERA_JS, real[0]["deviceId"]) if real else None
         result["active_after_real_camera"] = srv.active_sessions
-        if args.screenshot:
-            driver.save_screenshot(str(args.screenshot))
     finally:
         if driver is not None:
             try:

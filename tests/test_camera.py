@@ -96,8 +96,15 @@ async def run_chain(config: AppConfig, wav: Path, tail_s: float = 1.0) -> Run:
     source = FileAudioTrack(wav, clock=clock)
     frames, voice = RecordingFrames(), RecordingVoice()
     chain = CameraChain(
-        config, engine, generator, default_portrait(config), source, frames, voice,
-        clock=clock, session_id="camera-test",
+        config,
+        engine,
+        generator,
+        default_portrait(config),
+        source,
+        frames,
+        voice,
+        clock=clock,
+        session_id="camera-test",
     )
     try:
         await chain.start()
@@ -174,7 +181,7 @@ def test_the_mouth_moves_with_the_speech_and_rests_in_silence(speech_run: Run, c
     assert np.corrcoef(change[input_t > 0], envelope[input_t > 0])[0, 1] > 0.5
 
 
-def test_the_voice_leaves_delayed_by_the_reported_delay(speech_run: Run) -> None:
+def test_the_voice_leaves_delayed_by_the_reported_delay(speech_run: Run, camera_config: AppConfig) -> None:
     run = speech_run
     delay = run.chain.delay_s
     assert run.stats["delay_ms"] == pytest.approx(delay * 1000, abs=0.1)
@@ -190,7 +197,8 @@ def test_the_voice_leaves_delayed_by_the_reported_delay(speech_run: Run) -> None
     xcorr = np.fft.irfft(spectrum)[: played.size]
     lag = int(np.argmax(xcorr))
     measured = (t_first + lag / AUDIO_RATE_HZ) - run.source.start_s  # sink time of input sample 0 - capture
-    assert measured == pytest.approx(delay, abs=1 / AUDIO_RATE_HZ)
+    # The voice leads its frames by voice_lead_s (config.WindowConfig): it leaves that much sooner.
+    assert measured == pytest.approx(delay - camera_config.windows.voice_lead_s, abs=1 / AUDIO_RATE_HZ)
     # And it is the input itself, sample for sample, not just something correlated with it.
     segment = played[lag : lag + heard.size]
     assert np.array_equal(segment, heard[: segment.size])
@@ -213,7 +221,12 @@ def _avatar(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-m", "avatar", "camera", *args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=False,
     )
 
 

@@ -90,6 +90,23 @@ def test_render_keeps_the_original_audio(small_config: AppConfig, speech_wav_48k
     assert abs(decoded_s - len(load_audio_file(speech_wav_48k_stereo)) / SAMPLE_RATE_HZ) < 0.1
 
 
+def test_render_plays_the_voice_ahead_of_its_frames_by_voice_lead(
+    small_config: AppConfig, speech_wav_48k_stereo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "lead.mp4"
+    render_file(small_config, audio_path=speech_wav_48k_stereo, out_path=out, progress=False)
+    with av.open(str(out)) as container:
+        frames = list(container.decode(audio=0))
+        start_s = float(frames[0].pts * frames[0].time_base)
+        played = np.concatenate([f.to_ndarray()[0] for f in frames]).astype(np.float64)
+    with av.open(str(speech_wav_48k_stereo)) as container:
+        heard = np.concatenate([f.to_ndarray().reshape(-1)[::2] for f in container.decode(audio=0)]).astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(played.size + heard.size)))
+    xcorr = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(played, n)), n)
+    lag = int(np.argmax(xcorr[:4800]))  # input sample `lag` is at the file's time 0
+    assert (lag / 48_000 - start_s) == pytest.approx(small_config.windows.voice_lead_s, abs=0.002)
+
+
 def test_render_refuses_what_is_not_audio(small_config: AppConfig, tmp_path: Path) -> None:
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("this is not audio")
@@ -104,9 +121,23 @@ def test_cli_render_says_a_sentence(tmp_path: Path) -> None:
     config_path.write_text("[video]\nwidth_px = 256\nheight_px = 256\n")
     out = tmp_path / "hello.mp4"
     completed = subprocess.run(
-        [sys.executable, "-m", "avatar", "render", "--say", "Hello there.", "-o", str(out),
-         "--config", str(config_path), "--no-progress"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "avatar",
+            "render",
+            "--say",
+            "Hello there.",
+            "-o",
+            str(out),
+            "--config",
+            str(config_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip().splitlines()[-1] == str(out)
@@ -116,7 +147,10 @@ def test_cli_render_says_a_sentence(tmp_path: Path) -> None:
 def test_cli_render_reports_bad_input(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "avatar", "render", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "o.mp4")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert completed.returncode == 2
     assert "error" in completed.stderr and "missing.wav" in completed.stderr
@@ -134,7 +168,10 @@ def test_recording_without_a_microphone_is_a_clear_error(tmp_path: Path) -> None
         pytest.skip(f"this machine has a microphone ({name}); the test checks the error without one")
     completed = subprocess.run(
         [sys.executable, "-m", "avatar", "render", "--record", "2", "-o", str(tmp_path / "o.mp4")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert completed.returncode == 2
     assert "cannot use the microphone" in completed.stderr

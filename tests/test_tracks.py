@@ -167,6 +167,22 @@ async def test_audio_track_plays_the_voice_at_its_timeline_time(clock: FakeClock
     await receiver.close()
 
 
+async def test_audio_track_leads_its_frames_by_lead_s(clock: FakeClock) -> None:
+    timeline = MediaTimeline(FPS)
+    timeline.anchor(100.16)
+    track = DelayedAudioTrack(timeline, clock=clock, lead_s=0.02)
+    track.start(clock.now_s())
+    voice = (np.arange(48_000 // 5) % 1000 + 1).astype(np.int16)
+    track.write(0, voice)
+    receiver = Receiver(track, clock)
+    await clock.advance(0.5 - 1e-9)
+    out = np.concatenate([f.to_ndarray().reshape(-1) for _, _, f in receiver.got])  # type: ignore[attr-defined]
+    start = round((0.16 - 0.02) * 48_000)  # input time 0 plays at 100.14, one packet before the frames' 100.16
+    assert not out[:start].any() and np.array_equal(out[start : start + voice.size], voice)
+    track.stop()
+    await receiver.close()
+
+
 async def test_audio_track_skips_after_a_stall_and_drops_what_it_skipped(clock: FakeClock) -> None:
     timeline = MediaTimeline(FPS)
     timeline.anchor(100.0)
