@@ -67,8 +67,12 @@ class WindowConfig:
     def __post_init__(self) -> None:
         _check(0.02 <= self.window_s <= 2.0, "windows.window_s", "must be between 0.02 and 2 s")
         _check(0.0 <= self.lookahead_s <= 0.5, "windows.lookahead_s", "must be between 0 and 0.5 s")
-        _check(0.0 <= self.voice_lead_s <= self.lookahead_s, "windows.voice_lead_s",
-               "must be between 0 and windows.lookahead_s")  # fmt: skip
+        _check(0.0 <= self.voice_lead_s <= 0.5, "windows.voice_lead_s", "must be between 0 and 0.5 s")
+
+    @property
+    def voice_lead_used_s(self) -> float:
+        """The lead the voice gets: `voice_lead_s`, but never more than the lookahead it makes up for."""
+        return min(self.voice_lead_s, self.lookahead_s)
 
     @property
     def past_samples(self) -> int:

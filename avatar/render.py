@@ -88,7 +88,7 @@ class _Muxer:
         self._audio_samples = 0
         self._rate = rate
         # The voice plays `voice_lead_s` ahead of its frames, as it does live (config.WindowConfig).
-        self._skip_samples = round(config.windows.voice_lead_s * rate)
+        self._skip_samples = round(config.windows.voice_lead_used_s * rate)
         self._encoded_samples = 0
 
     def write_video(self, rgb: np.ndarray, frame_index: int) -> None:

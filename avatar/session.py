@@ -142,7 +142,7 @@ class AvatarSession:
         self.store = FrameStore(portrait.rgb)
         self._video = AvatarVideoTrack(self.store, self.timeline, self.fps, clock=self.clock)
         self._audio = (
-            DelayedAudioTrack(self.timeline, clock=self.clock, lead_s=config.windows.voice_lead_s)
+            DelayedAudioTrack(self.timeline, clock=self.clock, lead_s=config.windows.voice_lead_used_s)
             if return_audio
             else None
         )
@@ -213,7 +213,7 @@ class AvatarSession:
         self._started.set()
         self.log.info(
             "started (%d fps, delay %.0f ms, the voice %.0f ms)",
-            self.fps, self.delay_s * 1000, (self.delay_s - self.config.windows.voice_lead_s) * 1000,
+            self.fps, self.delay_s * 1000, (self.delay_s - self.config.windows.voice_lead_used_s) * 1000,
         )  # fmt: skip
 
     def attach_audio(self, track: MediaStreamTrack) -> None:

@@ -26,10 +26,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from av_sync import WATCH_JS, sync_summary  # noqa: E402
 from browser_check import Console, ServerThread, run_and_report, start_chromium, wait_for  # noqa: E402
+from PIL import Image  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from skimage.data import astronaut  # noqa: E402
 
 from avatar.config import AppConfig, with_overrides  # noqa: E402
+from avatar.portrait import default_portrait, load_portrait  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXTENSION = REPO / "web" / "extension"
@@ -142,6 +147,27 @@ Promise.all([watchEnd(c.ctx, c.far, document.getElementById('far'), box, farAudi
   .then(([far, near]) => { window.__ends = { far, near }; done(true); }, (e) => done(String(e)));
 """
 
+# One frame of the portrait camera, as 64x64 gray values (for telling which portrait it shows).
+FRAME_JS = """
+const [deviceId, done] = arguments;
+navigator.mediaDevices.getUserMedia({ video: { deviceId: { exact: deviceId } } }).then(async (s) => {
+  const video = document.createElement('video');
+  video.muted = true;
+  video.srcObject = s;
+  await video.play();
+  await new Promise((r) => setTimeout(r, 1500));
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 64;
+  const c2d = canvas.getContext('2d', { willReadFrequently: true });
+  c2d.drawImage(video, 0, 0, 64, 64);
+  const data = c2d.getImageData(0, 0, 64, 64).data;
+  const gray = [];
+  for (let i = 0; i < data.length; i += 4) gray.push((data[i] + data[i + 1] + data[i + 2]) / 3);
+  s.getTracks().forEach((t) => t.stop());
+  done({ ok: true, gray });
+}, (e) => done({ ok: false, name: e.name, message: e.message }));
+"""
+
 TWO_JS = """
 const [deviceId, done] = arguments;
 Promise.all([1, 2].map(() => navigator.mediaDevices.getUserMedia({ video: { deviceId } }))).then(
@@ -226,6 +252,30 @@ def save_settings(driver: Any, ext: str, service_url: str, token: str) -> str:
     driver.find_element(By.ID, "save").click()
     message = driver.find_element(By.ID, "message")
     return str(wait_for(lambda: "Saved" in message.text and message.text, 5) or message.text)
+
+
+def upload_portrait(driver: Any, ext: str, picture: Path) -> str:
+    """Pick `picture` in the popup's upload field and press Save; the popup's upload line."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"chrome-extension://{ext}/popup.html")
+    driver.find_element(By.ID, "portraitFile").send_keys(str(picture))
+    message = driver.find_element(By.ID, "message")
+    wait_for(lambda: "after Save" in message.text, 5)
+    driver.find_element(By.ID, "save").click()
+    upload = driver.find_element(By.ID, "upload")
+    return str(wait_for(lambda: "Uploaded picture" in upload.text and upload.text, 5) or upload.text)
+
+
+def which_portrait(gray: list[float], candidates: dict[str, np.ndarray]) -> dict[str, float]:
+    """Correlation of a 64x64 gray frame with each candidate portrait (RGB at the output size)."""
+    frame = np.asarray(gray, np.float64).reshape(64, 64)
+    out = {}
+    for name, rgb in candidates.items():
+        small = np.asarray(Image.fromarray(rgb).convert("L").resize((64, 64), Image.BILINEAR), np.float64)
+        a, b = frame - frame.mean(), small - small.mean()
+        out[name] = round(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())), 3)
+    return out
 
 
 def popup_state(driver: Any, ext: str, want: str) -> dict[str, Any]:
@@ -355,6 +405,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["popup_busy"] = popup_state(driver, ext, "connected")
         driver.execute_script("window.__two.forEach((s) => s.getTracks().forEach((t) => t.stop()))")
         result["two_ended"] = bool(wait_for(lambda: srv.active_sessions == 0, 10, 0.05))
+
+        # A picture uploaded in the popup is the portrait of the next session (here: the astronaut,
+        # mirrored, so that the frame tells which one it shows).
+        picture = profile.parent / f"{profile.name}-mirrored.png"
+        Image.fromarray(np.ascontiguousarray(astronaut()[:, ::-1])).save(picture)
+        main = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        result["upload"] = upload_portrait(driver, ext, picture)
+        driver.close()
+        driver.switch_to.window(main)
+        driver.get(call_url)
+        frame = driver.execute_async_script(FRAME_JS, portrait_id)
+        if frame.get("ok"):
+            video = config.video
+            candidates = {
+                "default": default_portrait(config).rgb,
+                "uploaded": load_portrait(picture, config.portrait, video).rgb,
+            }
+            result["upload_frame"] = which_portrait(frame["gray"], candidates)
+        else:
+            result["upload_frame"] = frame
+        picture.unlink(missing_ok=True)
+        save_settings(driver, ext, url, TOKEN)
+        driver.get(f"chrome-extension://{ext}/popup.html")
+        driver.find_element(By.ID, "clearUpload").click()
+        driver.get(call_url)
 
         # A tab that closes ends its session.
         main = driver.current_window_handle

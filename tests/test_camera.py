@@ -198,7 +198,7 @@ def test_the_voice_leaves_delayed_by_the_reported_delay(speech_run: Run, camera_
     lag = int(np.argmax(xcorr))
     measured = (t_first + lag / AUDIO_RATE_HZ) - run.source.start_s  # sink time of input sample 0 - capture
     # The voice leads its frames by voice_lead_s (config.WindowConfig): it leaves that much sooner.
-    assert measured == pytest.approx(delay - camera_config.windows.voice_lead_s, abs=1 / AUDIO_RATE_HZ)
+    assert measured == pytest.approx(delay - camera_config.windows.voice_lead_used_s, abs=1 / AUDIO_RATE_HZ)
     # And it is the input itself, sample for sample, not just something correlated with it.
     segment = played[lag : lag + heard.size]
     assert np.array_equal(segment, heard[: segment.size])

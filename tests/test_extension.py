@@ -83,6 +83,10 @@ def test_portrait_camera_reaches_the_far_end(extension_result: dict[str, Any]) -
     assert "connected" in r["popup"]["sessions"], r["popup"]
     assert r["popup"]["check"].startswith("Connected: 256x256"), r["popup"]
     assert "astronaut" in r["popup"]["portraits"], r["popup"]
+    # A picture uploaded in the popup is the next session's portrait (the astronaut, mirrored).
+    assert r["upload"].startswith("Uploaded picture in use"), r["upload"]
+    shown = r["upload_frame"]
+    assert shown["uploaded"] > 0.9 and shown["uploaded"] > shown["default"] + 0.2, shown
 
 
 def test_stopping_or_closing_ends_the_session(extension_result: dict[str, Any]) -> None:

@@ -104,7 +104,7 @@ def test_render_plays_the_voice_ahead_of_its_frames_by_voice_lead(
     n = 1 << int(np.ceil(np.log2(played.size + heard.size)))
     xcorr = np.fft.irfft(np.fft.rfft(heard, n) * np.conj(np.fft.rfft(played, n)), n)
     lag = int(np.argmax(xcorr[:4800]))  # input sample `lag` is at the file's time 0
-    assert (lag / 48_000 - start_s) == pytest.approx(small_config.windows.voice_lead_s, abs=0.002)
+    assert (lag / 48_000 - start_s) == pytest.approx(small_config.windows.voice_lead_used_s, abs=0.002)
 
 
 def test_render_refuses_what_is_not_audio(small_config: AppConfig, tmp_path: Path) -> None:
