@@ -313,6 +313,30 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class TtsConfig:
+    """Speech items of a live session (`say`, `play`): the synthesiser, its limits, the queue.
+
+    `command` empty: espeak-ng. Otherwise the argv of any program that reads the text on stdin and
+    writes a WAV (or any file av decodes) to the path `{out}`; `{voice}` is replaced by the voice."""
+
+    command: tuple[str, ...] = ()
+    voice: str = "en-us"
+    voices: tuple[str, ...] = ()  # the voices a `say` may name; () = espeak-ng's list (any, with a command)
+    timeout_s: float = 10.0
+    max_text_chars: int = 1000
+    max_clip_s: float = 120.0
+    max_queued: int = 16
+
+    def __post_init__(self) -> None:
+        _check(not self.command or any("{out}" in arg for arg in self.command), "tts.command",
+               "must contain '{out}', the path of the WAV file the command writes")  # fmt: skip
+        _check(0.5 <= self.timeout_s <= 300, "tts.timeout_s", "must be in 0.5..300 s")
+        _check(1 <= self.max_text_chars <= 100_000, "tts.max_text_chars", "must be in 1..100000")
+        _check(0.5 <= self.max_clip_s <= 3600, "tts.max_clip_s", "must be in 0.5..3600 s")
+        _check(1 <= self.max_queued <= 1000, "tts.max_queued", "must be in 1..1000")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     vad: VadConfig = field(default_factory=VadConfig)
@@ -327,6 +351,7 @@ class AppConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -15,6 +15,11 @@ class AudioError(AvatarError):
     """Audio that cannot be decoded or does not fit the chain."""
 
 
+class SpeechError(AvatarError):
+    """A speech item that cannot be spoken: empty or overlong text, an unknown voice, a clip that
+    does not decode, a speech synthesiser that fails or runs past its time limit, a full queue."""
+
+
 class PortraitError(AvatarError):
     """An image that cannot be used as a portrait (not an image, too large, no face)."""
 

@@ -77,8 +77,11 @@ from avatar.clock import Clock, SessionClock
 from avatar.config import SAMPLE_RATE_HZ, AppConfig
 from avatar.disclosure.payload import session_number
 from avatar.engine import EngineClosed, EngineHandle, EngineOverloaded, InferenceEngine
+from avatar.errors import SpeechError
 from avatar.generators.base import FrameGenerator, GeneratedFrame, GeneratorStream
 from avatar.portrait import Portrait
+from avatar.speech import decode_clip, synthesize
+from avatar.speech_queue import SpeechItem, SpeechMark, SpeechQueue
 from avatar.tracks import AUDIO_RATE_HZ, AvatarVideoTrack, DelayedAudioTrack, FrameStore, MediaTimeline
 from avatar.windows import AudioWindow, AudioWindower, frame_sample_index
 
@@ -134,6 +137,10 @@ class AvatarSession:
         self.margin_s = margin_s if margin_s is not None else packet_phase_s(config) + _JITTER_MARGIN_S
         self.gap_s = gap_s
         self.on_frame_ready = on_frame_ready  # (seconds from the window's last audio to its frame): metrics
+        self.speech = SpeechQueue(config.tts.max_queued)
+        self.on_speech: Callable[[SpeechMark], None] | None = None  # speaking / spoken, as they are heard
+        self._marks = collections.deque[SpeechMark]()  # taken into the timeline, not yet played out
+        self._item_count = 0
         self._normalizer = AudioNormalizer()  # the chain's 16 kHz
         self._normalizer48 = AudioNormalizer(AUDIO_RATE_HZ)  # the voice to send back
         self._windower = AudioWindower(config.windows, config.vad, self.fps)
@@ -286,6 +293,11 @@ class AvatarSession:
             deficit = round((self._pos48 + samples48.size) / _RATIO) - pcm16.size
             if 0 < deficit < SAMPLE_RATE_HZ // 100:
                 pcm16 = np.concatenate([np.zeros(deficit, np.int16), pcm16])
+        if self.speech.ready:  # the portrait speaks: its speech takes the microphone's place (ducked)
+            taken = self.speech.take(samples48.size, pcm16.size, self._pos48)
+            if taken is not None:
+                samples48, pcm16, marks = taken
+                self._marks.extend(marks)
         if samples48.size:
             u_end = (self._pos48 + samples48.size) / AUDIO_RATE_HZ
             self._place(now, u_end)
@@ -413,12 +425,12 @@ class AvatarSession:
             next_t = max(next_t, now - period)  # after a stall, do not spin to catch up
             self._expire(now)
             self._maybe_lower_budget(now)
-            offset = self.timeline.offset_s
-            if offset is None or self._last_arrival_s is None:
-                continue  # no voice yet: the idle frame is shown
-            if not self._input_ended and now - self._last_arrival_s < self.gap_s:
-                continue
-            self._fill_silence_until(now + self.delay_s - offset)
+            self._emit_due(now)
+            if self._last_arrival_s is not None and not self._input_ended and now - self._last_arrival_s < self.gap_s:
+                continue  # the microphone's packets advance the timeline
+            if self.timeline.offset_s is None and not self.speech.ready:
+                continue  # no voice and no speech yet: the idle frame is shown
+            self._fill_until(now)
 
     def _expire(self, now: float) -> None:
         """Withdraw windows still waiting on the engine whose time has passed.
@@ -452,13 +464,96 @@ class AvatarSession:
             self._counters["budget_lowered"] += 1
             self.log.info("no late frames: generation budget now %.0f ms", target * 1000)
 
-    def _fill_silence_until(self, u_target: float) -> None:
-        """Advance the input timeline with silence up to input time `u_target` (20 ms steps)."""
+    def _fill_until(self, now: float) -> None:
+        """Advance the input timeline, in 20 ms steps, as far as packets arriving now would: with
+        speech items while there are any, else with silence. Speech with no timeline yet (a
+        presenter session, or before the microphone's first packet) anchors it as a packet would."""
         chunk48 = round(_FILL_CHUNK_S * AUDIO_RATE_HZ)
+        if self.timeline.offset_s is None:
+            self._place(now, (self._pos48 + chunk48) / AUDIO_RATE_HZ)
+        offset = self.timeline.offset_s
+        assert offset is not None
+        u_target = now + self.delay_s - offset
         while (self._pos48 + chunk48) / AUDIO_RATE_HZ <= u_target + 1e-9:
+            taken = self.speech.take(chunk48, chunk48 // _RATIO, self._pos48) if self.speech.ready else None
+            if taken is None:
+                pcm16 = np.zeros(chunk48 // _RATIO, dtype=np.int16)
+                self._counters["filled_frames"] += 1
+            else:
+                samples48, pcm16, marks = taken
+                self._marks.extend(marks)
+                if self._audio is not None:
+                    self._audio.write(self._pos48, samples48)
+                self._counters["speech_frames"] += 1
             self._pos48 += chunk48
-            self._counters["filled_frames"] += 1
-            self._feed_windows(np.zeros(chunk48 // _RATIO, dtype=np.int16))
+            self._feed_windows(pcm16)
+
+    # -- speech items ----------------------------------------------------------------------------
+
+    async def say(self, text: str, voice: str | None = None, item_id: str | None = None) -> SpeechItem:
+        """Queue `text`, spoken by the `[tts]` synthesiser; returns once its audio is made and
+        queued (SpeechError, and the item is dropped, when it cannot be)."""
+        item = self._enqueue(item_id, text)
+        try:
+            item.clip = await synthesize(text, voice, self.config.tts)
+        except BaseException:
+            self.speech.discard(item)
+            raise
+        return item
+
+    async def play(self, data: bytes, item_id: str | None = None) -> SpeechItem:
+        """Queue an audio clip (any format av decodes); like `say`."""
+        item = self._enqueue(item_id, None)
+        try:
+            item.clip = await asyncio.to_thread(decode_clip, data, self.config.tts.max_clip_s)
+        except BaseException:
+            self.speech.discard(item)
+            raise
+        return item
+
+    def clear_speech(self) -> int:
+        """Barge-in: stop the playing item (its voice stops with the next packet) and drop the
+        queued ones; each gets its `spoken` mark, interrupted. Returns how many were cut."""
+        played = self._played_sample48(self.clock.now_s())
+        cut: dict[int, SpeechItem] = {}
+        for mark in list(self._marks):  # taken into the timeline but not yet heard
+            cut.setdefault(id(mark.item), mark.item)
+        self._marks.clear()
+        for mark in self.speech.clear(self._pos48):
+            cut.setdefault(id(mark.item), mark.item)
+        if self._audio is not None and played is not None:
+            self._audio.truncate(played)
+        for item in cut.values():
+            self._emit(SpeechMark("spoken", item, played or self._pos48, interrupted=True))
+        return len(cut)
+
+    def _enqueue(self, item_id: str | None, text: str | None) -> SpeechItem:
+        if self._closed:
+            raise SpeechError("the session has ended")
+        self._item_count += 1
+        item = SpeechItem(item_id or f"speech-{self._item_count}", text)
+        self.speech.add(item)
+        return item
+
+    def _played_sample48(self, now: float) -> int | None:
+        """The input sample (48 kHz) being played out now, None before the timeline exists."""
+        offset = self.timeline.offset_s
+        if offset is None:
+            return None
+        return round((now - offset + self.config.windows.voice_lead_used_s) * AUDIO_RATE_HZ)
+
+    def _emit_due(self, now: float) -> None:
+        played = self._played_sample48(now)
+        while self._marks and played is not None and self._marks[0].sample48 <= played:
+            self._emit(self._marks.popleft())
+
+    def _emit(self, mark: SpeechMark) -> None:
+        self._counters[mark.kind] += 1
+        if self.on_speech is not None:
+            try:
+                self.on_speech(mark)
+            except Exception:
+                self.log.exception("the speech event handler failed")
 
     # -- stats -----------------------------------------------------------------------------------
 
@@ -487,6 +582,8 @@ class AvatarSession:
             "budget_lowered": self._counters["budget_lowered"],
             "audio_frames_in": self._counters["audio_frames"],
             "filled_frames": self._counters["filled_frames"],
+            "speech_frames": self._counters["speech_frames"],
+            "speech_queued": len(self.speech),
             "pending_windows": len(self._futures),  # submitted to the engine, frame not back yet
             "input_ended": self._input_ended,
         }

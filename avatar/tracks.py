@@ -281,6 +281,15 @@ class DelayedAudioTrack(MediaStreamTrack):
         self._chunks.clear()
         self._buffered = 0
 
+    def truncate(self, from_sample: int) -> None:
+        """Forget the voice from input sample `from_sample` on (speech cut short: it stops now)."""
+        kept = collections.deque[tuple[int, np.ndarray]]()
+        for start, chunk in self._chunks:
+            if start < from_sample:
+                kept.append((start, chunk[: from_sample - start]))
+        self._chunks = kept
+        self._buffered = sum(chunk.size for _, chunk in kept)
+
     @property
     def buffered_s(self) -> float:
         return self._buffered / AUDIO_RATE_HZ

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from avatar.config import AppConfig
 from avatar.portrait import Portrait
+from avatar.speech_queue import SpeechItem, SpeechMark
 from signaling.messages import Disclosure
 from signaling.metrics import ServerMetrics
 from signaling.peer import MediaSession
@@ -29,6 +30,14 @@ class LiveSession(MediaSession, Protocol):
     async def aclose(self) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    on_speech: Callable[[SpeechMark], None] | None
+
+    async def say(self, text: str, voice: str | None = None, item_id: str | None = None) -> SpeechItem: ...
+
+    async def play(self, data: bytes, item_id: str | None = None) -> SpeechItem: ...
+
+    def clear_speech(self) -> int: ...
 
 
 class Backend(Protocol):

@@ -26,8 +26,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from avatar.config import AppConfig
-from avatar.errors import PortraitError
+from avatar.errors import PortraitError, SpeechError
 from avatar.portrait import Portrait
+from avatar.speech_queue import SpeechMark
 from signaling import messages as m
 from signaling.admission import BUSY_TEXT, Admission, Refusal
 from signaling.backend import Backend, LiveSession
@@ -81,6 +82,8 @@ class ClientConnection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()  # evictions: awaited, never cancelled
         self._closing = False
+        self._speech_count = 0
+        self._events = asyncio.Queue[m.ServerMessage]()  # speaking / spoken, sent in order
         self.ticket = admission.connect(address, self.evict)
 
     # -- sending ---------------------------------------------------------------------------------
@@ -118,6 +121,7 @@ class ClientConnection:
                 message.data,
                 max_text_bytes=self.config.server.max_text_message_bytes,
                 max_binary_bytes=self.config.portrait.max_bytes,
+                max_clip_bytes=self.config.portrait.max_bytes,
             )
         if message.type is WSMsgType.ERROR:
             self.log.info("socket error: %s", message.data)
@@ -185,9 +189,11 @@ class ClientConnection:
             try:
                 message = await self._recv(offer_deadline)
             except m.ProtocolError as exc:
-                if exc.code != m.BAD_PORTRAIT:  # an empty upload or name: the previous portrait stays
+                # An empty upload or name: the previous portrait stays; a clip that is not base64:
+                # that item is refused; the session goes on.
+                if exc.code not in (m.BAD_PORTRAIT, m.BAD_SPEECH):
                     raise
-                self.log.info("bad portrait: %s", exc.message)
+                self.log.info("%s: %s", exc.code, exc.message)
                 await self.send(m.Error(exc.code, exc.message))
                 continue
             except TimeoutError:
@@ -202,6 +208,10 @@ class ClientConnection:
                     raise m.ProtocolError(m.BAD_MESSAGE, "only one offer per session")
                 await self._answer(message)
                 offer_deadline = None
+            elif isinstance(message, m.Say | m.Play):
+                self._spawn(functools.partial(self._speak_message, message))
+            elif isinstance(message, m.Clear):
+                self.clear_speech()
             elif isinstance(message, m.Bye):
                 self.log.info("bye")
                 return
@@ -244,6 +254,8 @@ class ClientConnection:
 
         sdp = await self.peer.negotiate(offer.sdp, make_session)
         assert self.session is not None
+        self.session.on_speech = self._on_speech
+        self._spawn(self._send_events)
         await self.session.start()  # after the peer attached the received audio to it
         await self.send(m.Answer(sdp=sdp))
         self.metrics.sessions_started.inc()
@@ -252,6 +264,53 @@ class ClientConnection:
         self._spawn(self._watch_end)
         if self.config.server.max_session_s > 0:
             self._spawn(functools.partial(self._end_after, self.config.server.max_session_s))
+
+    # -- speech items (from this socket, or from POST /sessions/{id}/...) -------------------------
+
+    def _item_id(self, given: str | None) -> str:
+        self._speech_count += 1
+        return given or f"speech-{self._speech_count}"
+
+    async def speak(self, *, text: str | None = None, voice: str | None = None, audio: bytes | None = None,
+                    item_id: str | None = None) -> str:  # fmt: skip
+        """Queue a `say` (text) or a `play` (audio); the item's id once it is queued. SpeechError
+        (with a message for a person) when it cannot be spoken; the session goes on."""
+        session = self.session
+        if session is None:
+            raise SpeechError("the session has not started yet: send the offer first")
+        item = item_id or self._item_id(None)
+        if text is not None:
+            await session.say(text, voice, item)
+        else:
+            assert audio is not None
+            await session.play(audio, item)
+        return item
+
+    def clear_speech(self) -> int:
+        """Stop the speech that plays and drop the queued items; how many were cut."""
+        return self.session.clear_speech() if self.session is not None else 0
+
+    async def _speak_message(self, message: m.Say | m.Play) -> None:
+        item = self._item_id(message.id)
+        try:
+            if isinstance(message, m.Say):
+                await self.speak(text=message.text, voice=message.voice, item_id=item)
+            else:
+                await self.speak(audio=message.audio, item_id=item)
+        except SpeechError as exc:
+            self.log.info("bad speech %s: %s", item, exc)
+            await self.send(m.Error(m.BAD_SPEECH, str(exc), id=item))
+
+    def _on_speech(self, mark: SpeechMark) -> None:
+        """From the session (on the event loop): queue the event for `_send_events`."""
+        if mark.kind == "speaking":
+            self._events.put_nowait(m.Speaking(mark.item.id, mark.item.text))
+        else:
+            self._events.put_nowait(m.Spoken(mark.item.id, mark.interrupted))
+
+    async def _send_events(self) -> None:
+        while True:
+            await self.send(await self._events.get())
 
     # -- helper tasks ----------------------------------------------------------------------------
 

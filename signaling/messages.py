@@ -10,6 +10,8 @@ required keys, unknown types and oversized values are errors.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,14 +27,22 @@ BUSY: Final = "busy"
 TIMEOUT: Final = "timeout"
 BAD_PORTRAIT: Final = "bad_portrait"
 BAD_SDP: Final = "bad_sdp"
+BAD_SPEECH: Final = "bad_speech"
 INTERNAL: Final = "internal"
 ERROR_CODES: Final = frozenset(
-    {BAD_MESSAGE, UNAUTHORIZED, RATE_LIMITED, BUSY, TIMEOUT, BAD_PORTRAIT, BAD_SDP, INTERNAL}
+    {BAD_MESSAGE, UNAUTHORIZED, RATE_LIMITED, BUSY, TIMEOUT, BAD_PORTRAIT, BAD_SDP, BAD_SPEECH, INTERNAL}
 )
 
 MAX_TOKEN_CHARS: Final = 4096
 MAX_NAME_CHARS: Final = 200
 MAX_SDP_CHARS: Final = 256 * 1024  # a browser's complete offer is a few kB
+MAX_ID_CHARS: Final = 64
+MAX_SAY_CHARS: Final = 100_000  # the server's own limit ([tts] max_text_chars) is checked later
+
+
+def base64_chars(data_bytes: int) -> int:
+    """The length of `data_bytes` bytes in base64 (the `play` message's audio)."""
+    return -(-data_bytes // 3) * 4
 
 
 class ProtocolError(AvatarError):
@@ -82,7 +92,33 @@ class Bye:
     type: str = field(default="bye", init=False)
 
 
-ClientMessage = Hello | PortraitRequest | PortraitUpload | Offer | Bye
+@dataclass(frozen=True)
+class Say:
+    """Speak `text` (with `voice`, or the server's); `id` names it in the speaking/spoken events."""
+
+    text: str
+    voice: str | None = None
+    id: str | None = None
+    type: str = field(default="say", init=False)
+
+
+@dataclass(frozen=True)
+class Play:
+    """Speak an audio clip: the bytes of a file av decodes (base64 on the wire)."""
+
+    audio: bytes = field(repr=False)
+    id: str | None = None
+    type: str = field(default="play", init=False)
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Stop the speech that plays and drop the queued items (barge-in)."""
+
+    type: str = field(default="clear", init=False)
+
+
+ClientMessage = Hello | PortraitRequest | PortraitUpload | Offer | Bye | Say | Play | Clear
 
 
 # --- server to client --------------------------------------------------------------------------
@@ -134,9 +170,28 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Speaking:
+    """A speech item starts to be heard; `text` is a `say`'s text (the caption)."""
+
+    id: str
+    text: str | None = None
+    type: str = field(default="speaking", init=False)
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """A speech item has been heard to its end, or `interrupted` (cleared, or never started)."""
+
+    id: str
+    interrupted: bool = False
+    type: str = field(default="spoken", init=False)
+
+
+@dataclass(frozen=True)
 class Error:
     code: str
     message: str
+    id: str | None = None  # the speech item a bad_speech is about
     type: str = field(default="error", init=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +199,7 @@ class Error:
             raise ValueError(f"unknown error code {self.code!r}")
 
 
-ServerMessage = Welcome | PortraitReply | Answer | Stats | Error
+ServerMessage = Welcome | PortraitReply | Answer | Stats | Speaking | Spoken | Error
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -168,12 +223,17 @@ def _string(obj: dict[str, Any], key: str, max_chars: int, *, required: bool = T
 
 
 def parse_client_message(
-    frame: str | bytes, *, max_text_bytes: int | None = None, max_binary_bytes: int | None = None
+    frame: str | bytes,
+    *,
+    max_text_bytes: int | None = None,
+    max_binary_bytes: int | None = None,
+    max_clip_bytes: int | None = None,
 ) -> ClientMessage:
     """Parse one WebSocket frame from a client; raise ProtocolError("bad_message", ...) if unusable.
 
-    A text frame (str) is a JSON object, at most `max_text_bytes` in UTF-8; a binary frame (bytes)
-    is a portrait upload of at most `max_binary_bytes`.
+    A text frame (str) is a JSON object, at most `max_text_bytes` in UTF-8, except a `play`, whose
+    audio may be `max_clip_bytes` (before base64); a binary frame (bytes) is a portrait upload of
+    at most `max_binary_bytes`.
     """
     if isinstance(frame, bytes | bytearray | memoryview):
         data = bytes(frame)
@@ -184,11 +244,14 @@ def parse_client_message(
         return PortraitUpload(data)
     if not isinstance(frame, str):
         raise _bad("a message must be a text or a binary frame")
-    if max_text_bytes is not None and (
-        len(frame) > max_text_bytes  # cheap check first: characters <= bytes
-        or len(frame.encode("utf-8", "surrogatepass")) > max_text_bytes
+    limit = max_text_bytes
+    if limit is not None and max_clip_bytes is not None:
+        limit = max(limit, base64_chars(max_clip_bytes) + 1024)  # only a `play` may be this large
+    if limit is not None and (
+        len(frame) > limit  # cheap check first: characters <= bytes
+        or len(frame.encode("utf-8", "surrogatepass")) > limit
     ):
-        raise _bad(f"the message is too large (more than {max_text_bytes} bytes)")
+        raise _bad(f"the message is too large (more than {limit} bytes)")
     try:
         obj = json.loads(frame)
     except (ValueError, RecursionError) as exc:
@@ -198,6 +261,8 @@ def parse_client_message(
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise _bad("a message needs a string 'type' field")
+    if max_text_bytes is not None and kind != "play" and len(frame) > max_text_bytes:
+        raise _bad(f"the message is too large (more than {max_text_bytes} bytes)")
     if kind == "hello":
         return Hello(token=_string(obj, "token", MAX_TOKEN_CHARS, required=False))
     if kind == "portrait":
@@ -214,7 +279,34 @@ def parse_client_message(
         return Offer(sdp=sdp)
     if kind == "bye":
         return Bye()
-    raise _bad(f"unknown message type {kind[:40]!r}; expected hello, portrait, offer or bye")
+    if kind == "say":
+        text = _string(obj, "text", MAX_SAY_CHARS)
+        assert text is not None
+        return Say(text=text, voice=_string(obj, "voice", MAX_NAME_CHARS, required=False), id=_item_id(obj))
+    if kind == "play":
+        return Play(audio=_audio(obj, max_clip_bytes), id=_item_id(obj))
+    if kind == "clear":
+        return Clear()
+    raise _bad(f"unknown message type {kind[:40]!r}; expected hello, portrait, offer, say, play, clear or bye")
+
+
+def _item_id(obj: dict[str, Any]) -> str | None:
+    item_id = _string(obj, "id", MAX_ID_CHARS, required=False)
+    if item_id is not None and not item_id.strip():
+        raise _bad("the 'id' field is empty")
+    return item_id
+
+
+def _audio(obj: dict[str, Any], max_clip_bytes: int | None) -> bytes:
+    encoded = _string(obj, "audio", base64_chars(max_clip_bytes) if max_clip_bytes else 1 << 40)
+    assert encoded is not None
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise ProtocolError(BAD_SPEECH, "the 'audio' field is not base64") from None
+    if not data:
+        raise ProtocolError(BAD_SPEECH, "the audio clip is empty")
+    return data
 
 
 # --- dumping -------------------------------------------------------------------------------------
@@ -248,8 +340,26 @@ def to_dict(message: ServerMessage | ClientMessage) -> dict[str, Any]:
         for key, value in message.extra.items():
             if key not in out and isinstance(value, int | float | bool):
                 out[key] = value
+    elif isinstance(message, Speaking):
+        out["id"] = message.id
+        if message.text is not None:
+            out["text"] = message.text
+    elif isinstance(message, Spoken):
+        out.update(id=message.id, interrupted=message.interrupted)
     elif isinstance(message, Error):
         out.update(code=message.code, message=message.message)
+        if message.id is not None:
+            out["id"] = message.id
+    elif isinstance(message, Say):
+        out["text"] = message.text
+        if message.voice is not None:
+            out["voice"] = message.voice
+        if message.id is not None:
+            out["id"] = message.id
+    elif isinstance(message, Play):
+        out["audio"] = base64.b64encode(message.audio).decode("ascii")
+        if message.id is not None:
+            out["id"] = message.id
     elif isinstance(message, Hello):
         if message.token is not None:
             out["token"] = message.token

@@ -248,8 +248,10 @@ def refusal(what: str, exc: BaseException) -> str:
     return f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
-def check_offer(sdp: str) -> bool:
-    """Validate the offer; return True when the voice should come back. Raises ProtocolError(bad_sdp)."""
+def check_offer(sdp: str) -> str:
+    """Validate the offer; return its audio direction: "sendrecv" (a microphone, the voice comes
+    back), "sendonly" (a microphone, video only) or "recvonly" (no microphone, a presenter: the
+    voice of its speech items comes back). Raises ProtocolError(bad_sdp)."""
     _scan_lines(sdp)
     try:
         description = SessionDescription.parse(sdp)
@@ -279,8 +281,8 @@ def check_offer(sdp: str) -> bool:
             raise bad_sdp(f"the offer's BUNDLE group {quoted(' '.join(items))} names a mid no section has")
     audio_direction = audio[0].direction
     video_direction = video[0].direction
-    if audio_direction not in ("sendrecv", "sendonly"):
-        raise bad_sdp(f"the audio track must be sendrecv or sendonly, not {audio_direction}")
+    if audio_direction not in ("sendrecv", "sendonly", "recvonly"):
+        raise bad_sdp(f"the audio track must be sendrecv, sendonly or recvonly, not {audio_direction}")
     if video_direction != "recvonly":
         raise bad_sdp(f"the video transceiver must be recvonly, not {video_direction}")
-    return audio_direction == "sendrecv"
+    return str(audio_direction)

@@ -16,7 +16,8 @@ from signaling.client import tokens_match
 from signaling.metrics import CONTENT_TYPE, ServerMetrics
 
 
-def _may_read_metrics(request: web.Request, token: str) -> bool:
+def is_operator(request: web.Request, token: str) -> bool:
+    """A loopback client (not forwarded by a proxy), or one that shows the server's token."""
     # A request a reverse proxy forwarded comes from loopback too: it is not a local operator.
     forwarded = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
     if is_loopback_host(request.remote or "") and not forwarded:
@@ -32,7 +33,7 @@ def _may_read_metrics(request: web.Request, token: str) -> bool:
 
 def add_routes(app: web.Application, admission: Admission, metrics: ServerMetrics, token: str) -> None:
     async def metrics_handler(request: web.Request) -> web.Response:
-        if not _may_read_metrics(request, token):
+        if not is_operator(request, token):
             raise web.HTTPForbidden(text="Metrics are served to loopback, or with the server's token.\n")
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 

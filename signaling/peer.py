@@ -209,6 +209,7 @@ class Peer:
         self.failed = asyncio.Event()
         """Set when the connection fails or closes: the session should end."""
         self.return_audio = False
+        self.audio_direction = "sendonly"  # the client's: sendrecv, sendonly, or recvonly (no microphone)
         self._closed = False
 
     @property
@@ -227,7 +228,8 @@ class Peer:
         if self._pc is not None or self._closed:
             raise RuntimeError("a peer negotiates once")
         try:
-            self.return_audio = check_offer(offer_sdp)
+            self.audio_direction = check_offer(offer_sdp)
+            self.return_audio = self.audio_direction != "sendonly"
             pc = self._pc = RTCPeerConnection(rtc_configuration(self._config))
             audio, video = await self._apply_offer(pc, offer_sdp)
             session = await make_session(self.return_audio)
@@ -248,7 +250,8 @@ class Peer:
 
         # Our transceivers exist before the offer is applied (aiortc matches them to the offer's
         # sections by kind), so the codec preference and the jitter buffer are in place in time.
-        audio = pc.addTransceiver("audio", direction="sendrecv" if self.return_audio else "recvonly")
+        ours = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}[self.audio_direction]
+        audio = pc.addTransceiver("audio", direction=ours)
         video = pc.addTransceiver("video", direction="sendonly")
         video.setCodecPreferences(_video_preferences(self._config.video_codec))
         set_audio_jitter_prefetch(audio.receiver, self._config.audio_jitter_prefetch)
@@ -256,7 +259,8 @@ class Peer:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:
             raise bad_sdp(refusal("the offer was refused", exc)) from None
-        if audio.receiver.track is None or len(pc.getTransceivers()) != 2:
+        wants_track = self.audio_direction != "recvonly"  # a presenter's offer brings no microphone
+        if (wants_track and audio.receiver.track is None) or len(pc.getTransceivers()) != 2:
             raise bad_sdp("the offer's media sections do not fit (one audio, one video)")
         if any(t.receiver.transport is None for t in pc.getTransceivers()):
             raise bad_sdp("the offer's BUNDLE group leaves a section without a transport")
@@ -275,8 +279,9 @@ class Peer:
             await pc.setLocalDescription(answer)  # gathers every candidate: a complete answer
         except Exception as exc:
             raise bad_sdp(refusal("no answer fits the offer", exc)) from None
-        assert audio.receiver.track is not None  # checked in _apply_offer
-        session.attach_audio(audio.receiver.track)
+        if self.audio_direction != "recvonly":  # a presenter sends no microphone
+            assert audio.receiver.track is not None  # checked in _apply_offer
+            session.attach_audio(audio.receiver.track)
         return pc.localDescription.sdp
 
     def _spawn(self, coro: Any) -> None:

@@ -28,12 +28,14 @@ from aiohttp import web
 
 from avatar.config import AppConfig
 from avatar.errors import AvatarError
+from signaling import messages as m
 from signaling.admission import Admission, OriginPolicy, client_address
 from signaling.backend import AvatarBackend, Backend
 from signaling.client import CLOSE_TIMEOUT_S, ClientConnection
 from signaling.ice import host_addresses
 from signaling.metrics import ServerMetrics
 from signaling.operations import add_routes
+from signaling.speech_routes import add_speech_routes
 from signaling.static import add_security_headers, static_handler
 
 log = logging.getLogger(__name__)
@@ -124,10 +126,13 @@ class SignalingServer:
         log.info("listening on %s", self.url)
 
     def _application(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)  # no endpoint takes a request body yet
+        clip_bytes = self.config.portrait.max_bytes
+        # Bodies are read only by the speech endpoints (a clip, or its base64 in JSON).
+        app = web.Application(client_max_size=m.base64_chars(clip_bytes) + 4096)
         app.on_response_prepare.append(add_security_headers)
         app.router.add_get("/ws", self._websocket)
         add_routes(app, self.admission, self.metrics, self.config.server.token)
+        add_speech_routes(app, self._client_by_session, self.config.server.token, clip_bytes)
         app.router.add_get("/{path:.*}", static_handler(self.web_dir))
         return app
 
@@ -144,8 +149,8 @@ class SignalingServer:
             heartbeat=server.peer_timeout_s / 2,  # a ping every half; no pong within a quarter: closed
             compress=server.websocket_compression,
             # aiohttp refuses larger frames before buffering them (and bounds inflated ones); the
-            # protocol's own limits (small text, portrait-sized binary) are checked per message.
-            max_msg_size=max(server.max_text_message_bytes, self.config.portrait.max_bytes) + 1024,
+            # protocol's own limits (small text, a base64 clip in `play`, portrait-sized binary) are per message.
+            max_msg_size=max(server.max_text_message_bytes, m.base64_chars(self.config.portrait.max_bytes)) + 2048,
             timeout=CLOSE_TIMEOUT_S,
         )
         if not ws.can_prepare(request).ok:
@@ -159,6 +164,9 @@ class SignalingServer:
         finally:
             self._clients.discard(client)
         return ws
+
+    def _client_by_session(self, session_id: str) -> ClientConnection | None:
+        return next((c for c in self._clients if c.id == session_id and c.session is not None), None)
 
     async def aclose(self, drain_timeout_s: float | None = None) -> None:
         """Stop taking clients, close every one (1001) and wait up to drain_timeout_s; idempotent."""

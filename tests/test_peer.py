@@ -81,7 +81,7 @@ async def test_sendonly_audio_means_video_only() -> None:
 
 async def _offer_variants() -> list[str]:
     variants = ["", "garbage", "v=0\r\nm=audio x y z\r\n", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"]
-    for audio, video in (("sendrecv", None), ("recvonly", "recvonly"), ("sendrecv", "sendrecv")):
+    for audio, video in (("sendrecv", None), ("inactive", "recvonly"), ("sendrecv", "sendrecv")):
         pc, sdp = await _client_offer(audio, video)
         await pc.close()
         variants.append(sdp)

@@ -322,7 +322,7 @@ async def test_cleanup_is_safe_when_aiortc_breaks_its_own_close(
     the fix negotiate raised AttributeError from inside aclose(), with the peer half closed.
     """
     sdp = _sub(r"a=mid:0", "a=mid:2")(bases[1][1])
-    monkeypatch.setattr(signaling.peer, "check_offer", lambda sdp: False)  # as if the check missed it
+    monkeypatch.setattr(signaling.peer, "check_offer", lambda sdp: "sendonly")  # as if the check missed it
     with host_addresses(["127.0.0.1"]), Watch(asyncio.get_running_loop()) as watch:
         outcome, message = await negotiate_once(sdp, "bundle with an unknown mid")
         assert outcome == "bad_sdp"

@@ -24,13 +24,14 @@ from websockets.exceptions import ConnectionClosed
 
 
 async def http_request(
-    http_url: str, method: str, raw_path: str, headers: dict[str, str] | None = None
+    http_url: str, method: str, raw_path: str, headers: dict[str, str] | None = None, body: bytes = b""
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request on a fresh connection: (status, lower-cased headers, body)."""
     host, port = http_url.split("//")[1].split("/")[0].rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write(f"{method} {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
+    head = f"{method} {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}Connection: close\r\n\r\n"
+    writer.write(head.encode() + body)
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
@@ -135,18 +136,34 @@ class Client:
         await self.send({"type": "hello", **({"token": token} if token is not None else {})})
         return await self.recv()
 
-    async def offer(self, wav: Path | None = None, *, return_audio: bool = True, keep_every: int = 1) -> dict[str, Any]:
-        """Make a complete offer (mic from `wav`, or silence), send it, apply the answer."""
+    async def offer(
+        self,
+        wav: Path | None = None,
+        *,
+        return_audio: bool = True,
+        keep_every: int = 1,
+        microphone: bool = True,
+        prompt_audio: bool = False,
+    ) -> dict[str, Any]:
+        """Make a complete offer (mic from `wav`, or silence; `microphone=False`: none, a presenter),
+        send it, apply the answer. `prompt_audio`: the voice's receiver holds no packets back."""
         self.pc = pc = RTCPeerConnection()
-        if wav is not None:
-            self.player = MediaPlayer(str(wav))
-            assert self.player.audio is not None
-            track: MediaStreamTrack = self.player.audio
+        if not microphone:
+            audio = pc.addTransceiver("audio", direction="recvonly")
         else:
-            from aiortc.mediastreams import AudioStreamTrack
+            if wav is not None:
+                self.player = MediaPlayer(str(wav))
+                assert self.player.audio is not None
+                track: MediaStreamTrack = self.player.audio
+            else:
+                from aiortc.mediastreams import AudioStreamTrack
 
-            track = AudioStreamTrack()
-        pc.addTransceiver(track, direction="sendrecv" if return_audio else "sendonly")
+                track = AudioStreamTrack()
+            audio = pc.addTransceiver(track, direction="sendrecv" if return_audio else "sendonly")
+        if prompt_audio:
+            from signaling.peer import set_audio_jitter_prefetch
+
+            set_audio_jitter_prefetch(audio.receiver, 0)
         pc.addTransceiver("video", direction="recvonly")
 
         @pc.on("track")
