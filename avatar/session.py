@@ -141,6 +141,7 @@ class AvatarSession:
         self.on_speech: Callable[[SpeechMark], None] | None = None  # speaking / spoken, as they are heard
         self._marks = collections.deque[SpeechMark]()  # taken into the timeline, not yet played out
         self._item_count = 0
+        self._synthesis = asyncio.Lock()
         self._normalizer = AudioNormalizer()  # the chain's 16 kHz
         self._normalizer48 = AudioNormalizer(AUDIO_RATE_HZ)  # the voice to send back
         self._windower = AudioWindower(config.windows, config.vad, self.fps)
@@ -495,7 +496,8 @@ class AvatarSession:
         queued (SpeechError, and the item is dropped, when it cannot be)."""
         item = self._enqueue(item_id, text)
         try:
-            item.clip = await synthesize(text, voice, self.config.tts)
+            async with self._synthesis:  # one synthesiser at a time per session: they play in order anyway
+                item.clip = await synthesize(text, voice, self.config.tts)
         except BaseException:
             self.speech.discard(item)
             raise

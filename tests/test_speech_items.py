@@ -245,3 +245,21 @@ async def _post(
     srv: SignalingServer, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
     return await http_request(srv.url, "POST", path, {**headers, "Content-Length": str(len(body))}, body)
+
+
+async def test_a_flood_of_items_is_bounded_by_the_queue(server: SignalingServer) -> None:
+    client, events, _ = await _started(server)
+    try:
+        for i in range(24):
+            await client.send({"type": "say", "text": f"Item {i}.", "id": f"n{i}"})
+        await events.wait_for(lambda m: m.get("type") == "error", 20)
+        await asyncio.sleep(0.5)
+        refused = [m for m in events.of("error") if m["code"] == "bad_speech"]
+        assert refused and all("at most 16" in m["message"] for m in refused), refused
+        await client.send({"type": "clear"})
+        await events.wait_for(lambda m: m.get("type") == "spoken" and m.get("interrupted") is True)
+        await client.send({"type": "say", "text": "Fine again.", "id": "after"})
+        await events.wait_for(lambda m: m.get("type") == "spoken" and m["id"] == "after", 30)
+    finally:
+        await events.aclose()
+        await client.close()
