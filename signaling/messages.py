@@ -298,8 +298,11 @@ def _item_id(obj: dict[str, Any]) -> str | None:
 
 
 def _audio(obj: dict[str, Any], max_clip_bytes: int | None) -> bytes:
-    encoded = _string(obj, "audio", base64_chars(max_clip_bytes) if max_clip_bytes else 1 << 40)
-    assert encoded is not None
+    encoded = obj.get("audio")
+    if not isinstance(encoded, str):
+        raise _bad("a 'play' message needs an 'audio' field: the base64 of an audio file")
+    if max_clip_bytes is not None and len(encoded) > base64_chars(max_clip_bytes):
+        raise ProtocolError(BAD_SPEECH, f"the clip is larger than {max_clip_bytes} bytes")  # that item only
     try:
         data = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error):

@@ -4,12 +4,16 @@ Run by tests/test_browser.py inside a network namespace where only `lo` is up (`
 both WebRTC ends can only meet on 127.0.0.1. The server runs in this process (a thread with its own
 event loop); Chromium gets the flags of DESIGN.md section 4 and a fake microphone playing a WAV.
 
-Scenarios: `talk` (upload refused, built-in portrait, Start, the mouth moves, Stop) and `idle` (a
+Scenarios: `talk` (upload refused, built-in portrait, Start, the mouth moves, Stop), `idle` (a
 short offer_timeout_s and max_session_s, the visible mark off: the page waits past the timeout, then
-Start, then the session reaches its maximum length). Both record the browser console and every Content-Security-
-Policy violation from before the page's first script runs, and what each WebSocket sent.
+Start, then the session reaches its maximum length) and `say` (the speech box: a typed sentence with
+its caption and moving mouth, an uploaded clip, Stop speaking, an empty text refused while the
+session goes on, a clip over 20 MB refused by the page; then a browser whose microphone is refused
+starts a presenter session, which has none, and the portrait says a sentence there too). All record
+the browser console and every Content-Security-Policy violation from before the page's first script
+runs, what each WebSocket sent, and (say) the speaking/spoken/error messages each received.
 
-    python tests/browser_check.py --wav SPEECH.wav [--scenario talk|idle] [--screenshot /tmp/page.png]
+    python tests/browser_check.py --wav SPEECH.wav [--scenario talk|idle|say] [--screenshot /tmp/page.png]
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from signaling.server import SignalingServer  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "browser-check-token"  # the idle scenario's server needs it
+CLIP = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice (Debian alsa-utils)
+SAY_TEXT = "Hello there. I am the portrait, and I say what you type into the box."
 
 GRAB_JS = """
 const [x, y, w, h, done] = arguments;
@@ -61,7 +67,10 @@ pc.getStats().then((report) => {
   let out = { framesDecoded: 0, audioBytes: 0, state: pc.connectionState, candidates: [] };
   report.forEach((s) => {
     if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded || 0;
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') out.audioBytes = s.bytesReceived || 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audioBytes = s.bytesReceived || 0;
+      out.audioEnergy = s.totalAudioEnergy || 0;
+    }
     if (s.type === 'remote-candidate') out.candidates.push(s.address || s.ip);
   });
   done(out);
@@ -93,12 +102,32 @@ document.addEventListener('securitypolicyviolation', (e) => {
                       line: e.lineNumber });
 });
 window.__sockets = [];
+window.__received = [];  // speaking, spoken and error messages: {socket, t (its event's timeStamp), ...}
+window.__sent = [];  // the say and play messages sent: {type, id, text}
 const ids = new WeakMap();
 const send = WebSocket.prototype.send;
 WebSocket.prototype.send = function (data) {
-  if (!ids.has(this)) { ids.set(this, window.__sockets.length); window.__sockets.push([]); }
+  if (!ids.has(this)) {
+    const socket = window.__sockets.length;
+    ids.set(this, socket);
+    window.__sockets.push([]);
+    this.addEventListener('message', (e) => {  // after the page's onmessage: e.timeStamp is when it came
+      if (typeof e.data !== 'string') return;
+      let m;
+      try { m = JSON.parse(e.data); } catch (err) { return; }
+      if (m.type === 'speaking' || m.type === 'spoken' || m.type === 'error') {
+        window.__received.push({ socket, t: e.timeStamp, ...m });
+      }
+    });
+  }
   let kind = 'binary';
-  if (typeof data === 'string') { try { kind = JSON.parse(data).type; } catch (err) { kind = 'text'; } }
+  if (typeof data === 'string') {
+    try {
+      const m = JSON.parse(data);
+      kind = m.type;
+      if (kind === 'say' || kind === 'play') window.__sent.push({ type: kind, id: m.id, text: m.text });
+    } catch (err) { kind = 'text'; }
+  }
   window.__sockets[ids.get(this)].push(kind);
   return send.call(this, data);
 };
@@ -248,6 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         console = Console(driver)
         if args.scenario == "idle":
             run_idle(args, server, driver, console, result)
+        elif args.scenario == "say":
+            run_say(args, server, driver, console, result)
         else:
             run_talk(args, server, driver, console, result)
     finally:
@@ -438,6 +469,311 @@ def run_idle(
     )
 
 
+# ---- say: the speech box, the caption, the clip upload, Stop speaking, a presenter ---------------
+
+# Installed before the page runs (say): every change of the caption, with its time on the page's
+# clock (performance.now(); window.__received has the timeStamps of the message events, on that clock).
+CAPTION_WATCH_JS = """
+window.__captions = [];
+document.addEventListener('DOMContentLoaded', () => {
+  const el = document.getElementById('caption');
+  if (!el) return;
+  const note = () => window.__captions.push({ t: performance.now(), text: el.textContent, hidden: el.hidden });
+  new MutationObserver(note).observe(el, { attributes: true, childList: true, characterData: true, subtree: true });
+});
+"""
+
+# A browser whose microphone is refused (as a person who clicks Block, or a machine with none).
+NO_MICROPHONE_JS = """
+window.__getUserMedia = 0;
+if (navigator.mediaDevices) {
+  navigator.mediaDevices.getUserMedia = () => {
+    window.__getUserMedia += 1;
+    return Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+  };
+}
+"""
+
+SPEECH_UI_JS = """
+const el = (id) => document.getElementById(id);
+const enabled = {};
+for (const id of ['say-text', 'say', 'clip', 'stop-speaking', 'presenter', 'start', 'stop']) {
+  enabled[id] = !el(id).disabled;
+}
+const pc = window.portraitApp.pc;
+return {
+  enabled, field: el('say-text').value,
+  caption: el('caption').hidden || !el('caption').textContent ? null : el('caption').textContent,
+  captionHidden: el('caption').hidden,
+  status: el('speech-status').textContent, statusBad: el('speech-status').classList.contains('bad'),
+  error: el('error').hidden ? null : el('error-text').textContent, state: el('state').textContent,
+  connection: pc ? pc.connectionState : null, sockets: window.__sockets.length,
+};
+"""
+
+
+def _received(driver: Any) -> list[dict[str, Any]]:
+    return driver.execute_script("return window.__received") or []
+
+
+def _event(driver: Any, predicate: Any, timeout: float) -> dict[str, Any] | None:
+    """The first speaking/spoken/error message the page received that matches, waiting for it."""
+    return wait_for(lambda: next((m for m in _received(driver) if predicate(m)), None), timeout, 0.05)
+
+
+def _mouth_region(face: list[int]) -> tuple[int, int, int, int]:
+    x, y, w, h = face
+    return x + w // 4, y + int(0.62 * h), w // 2, int(0.38 * h)
+
+
+def _grab(driver: Any, region: tuple[int, int, int, int]) -> tuple[float, np.ndarray] | None:
+    mx, my, mw, mh = region
+    got = driver.execute_async_script(GRAB_JS, mx, my, mw, mh)
+    if not got:
+        return None
+    return float(got["t"]), np.asarray(got["gray"], dtype=np.float32).reshape(mh, mw)
+
+
+def _grab_for(driver: Any, region: tuple[int, int, int, int], seconds: float) -> Grabs:
+    grabs: Grabs = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if (g := _grab(driver, region)) is not None:
+            grabs.append(g)
+        time.sleep(0.03)
+    return grabs
+
+
+Grabs = list[tuple[float, np.ndarray]]  # (page time in ms, the mouth region in gray)
+
+
+def _motion(rest: Grabs, grabs: Grabs, t0: float, t1: float) -> dict[str, Any]:
+    """How far the mouth region is from its resting look (the median of `rest`): at rest, and in
+    the grabs between t0 and t1 (page clock, ms)."""
+    base = np.median(np.stack([g for _, g in rest]), axis=0)
+    rest_d = [float(np.abs(g - base).mean()) for _, g in rest]
+    during = [float(np.abs(g - base).mean()) for t, g in grabs if t0 <= t <= t1]
+    return {
+        "rest_grabs": len(rest_d),
+        "rest_p90": round(float(np.percentile(rest_d, 90)), 2),
+        "during_grabs": len(during),
+        "during_p90": round(float(np.percentile(during, 90)), 2) if during else None,
+        "during_max": round(max(during), 2) if during else None,
+    }
+
+
+def _sent(driver: Any) -> list[dict[str, Any]]:
+    return driver.execute_script("return window.__sent") or []
+
+
+def _speak_and_watch(
+    driver: Any, region: tuple[int, int, int, int], act: Any, screenshot: Path | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Rest grabs, then `act()` (press Say, upload a clip: one say or play is sent), then grabs until
+    the page got that item's `spoken`; what was sent, the item's events, the caption's changes (each
+    placed before, during or after the item was heard) and the mouth's motion."""
+    rest = _grab_for(driver, region, 1.2)
+    sent_before, seen_before = len(_sent(driver)), len(_received(driver))
+    energy_before = _stats(driver).get("audioEnergy")
+    act()
+    sent = wait_for(lambda: _sent(driver)[sent_before:], 10, 0.05)
+    if not sent:
+        raise RuntimeError(f"the page sent no say or play: {driver.execute_script(SPEECH_UI_JS)}")
+    item = sent[0]["id"]
+    grabs: Grabs = []
+    polled: list[str] = []
+    shot = False
+    spoken = None
+    end = time.monotonic() + timeout
+    while spoken is None and time.monotonic() < end:
+        if (g := _grab(driver, region)) is not None:
+            grabs.append(g)
+        caption = driver.execute_script(SPEECH_UI_JS)["caption"]
+        if caption is not None and caption not in polled:
+            polled.append(caption)
+            if screenshot is not None and not shot:
+                driver.save_screenshot(str(screenshot))
+                shot = True
+        events = _received(driver)[seen_before:]
+        spoken = next((m for m in events if m["type"] == "spoken" and m.get("id") == item), None)
+        time.sleep(0.02)
+    time.sleep(0.3)
+    energy_after = _stats(driver).get("audioEnergy")
+    mine = [m for m in _received(driver)[seen_before:] if m.get("id") == item]
+    speaking = next((m for m in mine if m["type"] == "speaking"), None)
+    t0 = speaking["t"] if speaking else (grabs[0][0] if grabs else 0.0)
+    t1 = spoken["t"] if spoken else (grabs[-1][0] if grabs else 0.0)
+    captions = [c for c in driver.execute_script("return window.__captions") or [] if c["t"] >= rest[0][0]]
+    return {
+        "sent": [{k: v for k, v in m.items() if v is not None} for m in sent],
+        "events": [{k: v for k, v in m.items() if k not in ("t", "socket")} for m in mine],
+        "heard_ms": round(t1 - t0) if speaking and spoken else None,
+        "captions": [
+            {"text": c["text"], "hidden": c["hidden"], "when": _when(c["t"], t0, t1)} for c in captions
+        ],  # fmt: skip
+        "caption_polled": polled,
+        "screenshot": shot,
+        "mouth": _motion(rest, grabs, t0, t1),
+        # The voice that came back (inbound audio's totalAudioEnergy, before and after).
+        "voice_energy": [energy_before, energy_after],
+        "after": driver.execute_script(SPEECH_UI_JS),
+    }
+
+
+def _when(t: float, t0: float, t1: float) -> str:
+    return "before" if t < t0 else "during" if t < t1 else "after"
+
+
+def _choose_builtin(driver: Any) -> dict[str, Any]:
+    """Click the first built-in portrait; its reply (with the face box)."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script(
+        "window.__portrait = null; const ws = window.portraitApp.ws;"
+        "ws.addEventListener('message', (e) => { try { const m = JSON.parse(e.data);"
+        " if (m.type === 'portrait') window.__portrait = m; } catch (err) {} });"
+    )
+    driver.find_element(By.CSS_SELECTOR, "#builtins button").click()
+    portrait = wait_for(lambda: driver.execute_script("return window.__portrait"), 20)
+    if not portrait:
+        raise RuntimeError("no portrait reply")
+    return portrait
+
+
+def _stats(driver: Any) -> dict[str, Any]:
+    return driver.execute_async_script(STATS_JS) or {}
+
+
+def run_say(
+    args: argparse.Namespace, server: ServerThread, driver: Any, console: Console, result: dict[str, Any]
+) -> None:
+    """The speech box on a microphone session, then a presenter session with the microphone refused."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    assert server.server is not None
+    ui = lambda: driver.execute_script(SPEECH_UI_JS)  # noqa: E731
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CAPTION_WATCH_JS})
+    driver.get(result["url"])
+    start = driver.find_element(By.ID, "start")
+    if not wait_for(lambda: start.is_enabled(), 20):
+        raise RuntimeError("the Start button never became enabled (no welcome?)")
+    result["console_on_load"] = console.problems()
+    result["before_start"] = ui()
+    portrait = _choose_builtin(driver)
+    region = _mouth_region(portrait["face"])
+    start.click()
+    if not wait_for(lambda: frames_decoded(driver) > 0, 20, 0.2):
+        raise RuntimeError("no video frame decoded: " + json.dumps(_stats(driver)))
+    if not wait_for(lambda: ui()["enabled"]["say"], 10):
+        raise RuntimeError(f"the Say button never became enabled: {ui()}")
+    result["running"] = ui()
+    time.sleep(0.5)
+    box = driver.find_element(By.ID, "say-text")
+
+    # A typed sentence, sent with the Say button: the caption shows it while it is heard.
+    def say_it() -> None:
+        box.send_keys(args.say)
+        driver.find_element(By.ID, "say").click()
+
+    result["say"] = _speak_and_watch(driver, region, say_it, args.screenshot)
+
+    # A clip, uploaded through the file input: "(audio clip)" while it plays.
+    clip_input = driver.find_element(By.ID, "clip")
+    result["clip"] = _speak_and_watch(driver, region, lambda: clip_input.send_keys(str(args.clip)))
+
+    # A long sentence, sent with Enter, cut short by Stop speaking.
+    long = "This is a long sentence that the portrait will not get to finish, because it is stopped."
+    seen = len(_received(driver))
+    box.send_keys(long + Keys.ENTER)
+    speaking = _event(driver, lambda m: m["type"] == "speaking" and m.get("text") == long, 20)
+    time.sleep(0.6)
+    result["cut_caption"] = ui()["caption"]
+    driver.find_element(By.ID, "stop-speaking").click()
+    cut = _event(driver, lambda m: speaking and m["type"] == "spoken" and m["id"] == speaking["id"], 10)
+    time.sleep(0.3)
+    result["cut"] = {
+        "speaking": bool(speaking),
+        "spoken": {k: v for k, v in (cut or {}).items() if k not in ("t", "socket")},
+        "events": [m["type"] for m in _received(driver)[seen:]],
+        "after": ui(),
+    }
+    result["sockets_sent"] = driver.execute_script("return window.__sockets")
+
+    # An empty text: refused beside the box (bad_speech), and the session goes on.
+    box.clear()
+    seen = len(_received(driver))
+    driver.find_element(By.ID, "say").click()
+    result["empty_error"] = _event(driver, lambda m: m["type"] == "error", 10)
+    wait_for(lambda: ui()["statusBad"], 5)
+    result["empty"] = ui()
+    # A clip over 20 MB: refused by the page itself, with a readable message; nothing is sent.
+    fd, name = tempfile.mkstemp(prefix="huge-", suffix=".wav")
+    with open(fd, "wb") as f:
+        f.truncate(20_000_001)
+    sent_before = len(_sent(driver))
+    clip_input.send_keys(name)
+    result["huge_clip"] = wait_for(lambda: (u := ui())["statusBad"] and "too large" in u["status"] and u, 10)
+    result["huge_clip_sent"] = len(_sent(driver)) - sent_before
+    Path(name).unlink()
+    result["still_here"] = _speak_and_watch(driver, region, lambda: box.send_keys("Still here." + Keys.ENTER))
+    result["sessions_before_stop"] = server.server.active_sessions
+    result["received_first_session"] = [m["type"] for m in _received(driver)[seen:]]
+    driver.find_element(By.ID, "stop").click()
+    result["session_ended_on_stop"] = wait_for(lambda: server.server.active_sessions == 0, 10)
+    result["after_stop"] = ui()
+
+    # A presenter: the microphone is refused; Start says so and offers the presenter mode, which
+    # opens a session without one (recvonly audio) where the portrait still speaks.
+    gum = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": NO_MICROPHONE_JS})
+    driver.get(result["url"])
+    start = driver.find_element(By.ID, "start")
+    if not wait_for(lambda: start.is_enabled(), 20):
+        raise RuntimeError("the Start button never became enabled (no welcome?)")
+    start.click()
+    result["refused_microphone"] = wait_for(lambda: (u := ui())["error"] and u, 10)
+    portrait = _choose_builtin(driver)
+    driver.find_element(By.ID, "presenter").click()
+    start.click()
+    if not wait_for(lambda: frames_decoded(driver) > 0, 20, 0.2):
+        raise RuntimeError("presenter: no video frame decoded: " + json.dumps(_stats(driver)))
+    if not wait_for(lambda: ui()["enabled"]["say"], 10):
+        raise RuntimeError(f"presenter: the Say button never became enabled: {ui()}")
+    result["presenter_running"] = ui()
+    result["presenter_offer_audio"] = driver.execute_script(
+        "const sdp = window.portraitApp.pc.localDescription.sdp;"
+        "const audio = sdp.split('m=').find((s) => s.startsWith('audio')) || '';"
+        "return ['sendrecv', 'sendonly', 'recvonly', 'inactive'].filter((d) => audio.includes('a=' + d));"
+    )
+    result["presenter_get_user_media_calls"] = driver.execute_script("return window.__getUserMedia")
+    result["presenter_senders"] = driver.execute_script(
+        "return window.portraitApp.pc.getSenders().filter((s) => s.track).length"
+    )
+    time.sleep(0.5)
+    box = driver.find_element(By.ID, "say-text")
+    p_before = _stats(driver)
+    f1, t1 = frames_decoded(driver), time.monotonic()
+
+    def present() -> None:
+        box.send_keys(args.say)
+        driver.find_element(By.ID, "say").click()
+
+    presenter_shot = args.screenshot.with_name(args.screenshot.stem + "-presenter.png") if args.screenshot else None
+    result["presenter_say"] = _speak_and_watch(driver, _mouth_region(portrait["face"]), present, presenter_shot)
+    f2, t2 = frames_decoded(driver), time.monotonic()
+    p_after = _stats(driver)
+    result["presenter_frames"] = [f1, f2]
+    result["presenter_decoded_fps"] = round((f2 - f1) / (t2 - t1), 2)
+    result["presenter_audio_bytes"] = [p_before.get("audioBytes"), p_after.get("audioBytes")]
+    result["presenter_connection"] = p_after.get("state")
+    result["presenter_candidates"] = sorted(set(p_after.get("candidates", [])))
+    result["presenter_sessions"] = server.server.active_sessions
+    driver.find_element(By.ID, "stop").click()
+    result["presenter_ended_on_stop"] = wait_for(lambda: server.server.active_sessions == 0, 10)
+    driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": gum["identifier"]})
+    result["sockets"] = driver.execute_script("return window.__sockets")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wav", type=Path, required=True)
@@ -445,7 +781,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--fps", type=int, default=25)
-    parser.add_argument("--scenario", choices=("talk", "idle"), default="talk")
+    parser.add_argument("--scenario", choices=("talk", "idle", "say"), default="talk")
+    parser.add_argument("--say", default=SAY_TEXT, help="say: the sentence typed into the Say box")
+    parser.add_argument("--clip", type=Path, default=CLIP, help="say: the audio clip uploaded")
     parser.add_argument("--offer-timeout", type=float, default=1.5, help="idle: server.offer_timeout_s")
     parser.add_argument("--max-session", type=float, default=5.0, help="idle: server.max_session_s")
     return run_and_report(run, parser.parse_args())

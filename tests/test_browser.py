@@ -3,16 +3,19 @@
 Server and browser run together in a fresh network namespace where only `lo` is up (`unshare -n`,
 as root), so WebRTC can only use 127.0.0.1. The driver script (tests/browser_check.py) prints one
 JSON line: frames decoded, the mouth region's motion drawn from the <video> to a canvas, what each
-WebSocket sent, the browser console and the page's Content-Security-Policy violations, screenshots.
+WebSocket sent (and, for speech items, received), the browser console and the page's
+Content-Security-Policy violations, screenshots.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = Path("/tmp/page.png")
 IDLE_SCREENSHOT = Path("/tmp/page-wait.png")
+SAY_SCREENSHOT = Path("/tmp/page-say.png")  # taken while the caption shows the sentence
+CLIP = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice (Debian alsa-utils)
+SAY = "Hello there. I am the portrait, and I say what you type into the box."
+LONG = "This is a long sentence that the portrait will not get to finish, because it is stopped."
 
 
 def _namespace_reason() -> str | None:
@@ -51,15 +58,27 @@ def fake_mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _browser_check(*args: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def silent_mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A microphone that hears nothing: only the speech items move the mouth."""
+    path = tmp_path_factory.mktemp("mic") / "silence.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16_000)
+        out.writeframes(bytes(2 * 16_000 * 2))
+    return path
+
+
+def _browser_check(*args: str, timeout: float = 120) -> dict[str, Any]:
     """Run tests/browser_check.py in a fresh network namespace; its JSON result (errors asserted)."""
     reason = _namespace_reason()
     if reason is not None:
         pytest.skip(reason)
-    script = f"ip link set lo up && exec {sys.executable} tests/browser_check.py {' '.join(args)}"
+    script = f"ip link set lo up && exec {sys.executable} tests/browser_check.py {shlex.join(args)}"
     env = {**os.environ}
     proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+        ["unshare", "-n", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result; rc={proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-4000:]}"
@@ -171,3 +190,110 @@ def test_page_waits_past_offer_timeout_then_starts(fake_mic_wav: Path) -> None:
     chosen = result["chosen_after_end"]
     assert chosen and chosen["sockets"][2] == ["hello", "portrait"] and chosen["error"] is None, chosen
     assert IDLE_SCREENSHOT.is_file()
+
+
+def _changes(captions: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The caption's states (text, and when: before, during or after the item was heard), repeats dropped."""
+    out: list[tuple[str, str]] = []
+    for c in captions:
+        state = ("" if c["hidden"] else c["text"], c["when"])
+        if not out or out[-1] != state:
+            out.append(state)
+    return out
+
+
+def _assert_spoken(item: dict[str, Any], kind: str, text: str | None, caption: str) -> None:
+    """One item sent, heard (speaking, then spoken, not interrupted), captioned while heard and
+    only then, with the mouth moving and the voice coming back meanwhile."""
+    assert len(item["sent"]) == 1 and item["sent"][0]["type"] == kind, item["sent"]
+    if text is not None:
+        assert item["sent"][0]["text"] == text, item["sent"]
+    item_id = item["sent"][0]["id"]
+    speaking: dict[str, Any] = {"type": "speaking", "id": item_id}
+    if kind == "say":
+        speaking["text"] = text
+    assert item["events"] == [speaking, {"type": "spoken", "id": item_id, "interrupted": False}], item["events"]
+    # The caption appeared with the speaking event and was cleared by the spoken one.
+    assert _changes(item["captions"]) == [(caption, "during"), ("", "after")], item["captions"]
+    assert item["caption_polled"] == [caption], item["caption_polled"]
+    assert item["after"]["caption"] is None and item["after"]["captionHidden"] is False, item["after"]
+    # The mouth region (drawn from the <video>) moved while the item was heard, and was still before.
+    mouth = item["mouth"]
+    assert mouth["rest_grabs"] >= 10 and mouth["during_grabs"] >= 5, mouth
+    assert mouth["during_p90"] > 3 * max(1.0, mouth["rest_p90"]), mouth
+    # The portrait's voice came back (the received audio's energy rose while it spoke).
+    before, after = item["voice_energy"]
+    assert after - before > 0.005, item["voice_energy"]  # silence adds about 1e-9
+    # The session went on: connected, no banner, nothing else to say.
+    assert item["after"]["connection"] == "connected" and item["after"]["error"] is None, item["after"]
+
+
+def test_page_says_typed_text_plays_a_clip_and_presents_without_a_microphone(silent_mic_wav: Path) -> None:
+    """The speech box in Chromium: a typed sentence (Say button) is spoken with its caption and a
+    moving mouth; an uploaded clip plays; Enter sends and Stop speaking cuts it short; an empty text
+    and a clip over 20 MB are refused beside the box while the session goes on; then, with the
+    microphone refused, the presenter mode (recvonly audio) still shows the portrait and speaks."""
+    SAY_SCREENSHOT.unlink(missing_ok=True)
+    result = _browser_check(
+        "--scenario", "say", "--wav", str(silent_mic_wav), "--say", SAY, "--clip", str(CLIP),
+        "--screenshot", str(SAY_SCREENSHOT), timeout=240,
+    )  # fmt: skip
+    _assert_clean_console(result)
+    speech_controls = ("say-text", "say", "clip", "stop-speaking")
+
+    # Before Start the speech controls are off (the presenter choice is on); while it runs, on.
+    before = result["before_start"]
+    assert not any(before["enabled"][c] for c in speech_controls), before
+    assert before["enabled"]["presenter"] and before["captionHidden"], before
+    running = result["running"]
+    assert all(running["enabled"][c] for c in speech_controls), running
+    assert not running["enabled"]["presenter"] and running["caption"] is None, running
+
+    # A sentence typed and sent with Say; then a clip uploaded through the file input.
+    _assert_spoken(result["say"], "say", SAY, SAY)
+    assert result["say"]["after"]["field"] == "", result["say"]["after"]  # the box is ready for the next
+    assert result["say"]["screenshot"] and SAY_SCREENSHOT.is_file()
+    _assert_spoken(result["clip"], "play", None, "(audio clip)")
+
+    # Enter sends; Stop speaking sends clear: the item ends interrupted and the caption clears.
+    cut = result["cut"]
+    assert result["cut_caption"] == LONG, result["cut_caption"]
+    assert cut["speaking"] and cut["spoken"]["interrupted"] is True, cut
+    assert cut["events"] == ["speaking", "spoken"], cut
+    assert cut["after"]["caption"] is None and cut["after"]["connection"] == "connected", cut["after"]
+    assert result["sockets_sent"] == [["hello", "portrait", "offer", "say", "play", "say", "clear"]]
+
+    # An empty text: the server's bad_speech is shown beside the box, no banner, the session goes on.
+    error = result["empty_error"]
+    assert error["code"] == "bad_speech" and "empty" in error["message"], error
+    empty = result["empty"]
+    assert empty["statusBad"] and "empty" in empty["status"], empty
+    assert empty["error"] is None and empty["connection"] == "connected", empty
+    # A clip over 20 MB is refused by the page with a readable message, and not sent.
+    huge = result["huge_clip"]
+    assert huge and "too large" in huge["status"] and "20 MB" in huge["status"], huge
+    assert result["huge_clip_sent"] == 0 and huge["error"] is None, result
+    # ...and the session still speaks.
+    _assert_spoken(result["still_here"], "say", "Still here.", "Still here.")
+    assert result["still_here"]["after"]["sockets"] == 1, result["still_here"]["after"]
+    assert result["sessions_before_stop"] == 1 and result["session_ended_on_stop"] is True, result
+    after_stop = result["after_stop"]
+    assert not any(after_stop["enabled"][c] for c in speech_controls) and after_stop["captionHidden"], after_stop
+
+    # The microphone refused: Start says so and points to the presenter mode.
+    refused = result["refused_microphone"]
+    assert "denied" in refused["error"] and "Presenter" in refused["error"], refused
+    assert refused["enabled"]["start"] and refused["enabled"]["presenter"], refused
+    # Presenter: no microphone asked for or sent (a recvonly audio transceiver), video and a
+    # spoken sentence with its voice all the same.
+    assert result["presenter_get_user_media_calls"] == 1, result  # only the refused attempt
+    assert result["presenter_offer_audio"] == ["recvonly"], result["presenter_offer_audio"]
+    assert result["presenter_senders"] == 0, result
+    assert result["presenter_running"]["state"] == "Live: type what it says", result["presenter_running"]
+    assert result["presenter_candidates"] == ["127.0.0.1"] and result["presenter_connection"] == "connected"
+    first, last = result["presenter_frames"]
+    assert last > first + 30, result["presenter_frames"]
+    _assert_spoken(result["presenter_say"], "say", SAY, SAY)
+    assert result["presenter_audio_bytes"][1] > result["presenter_audio_bytes"][0] + 10_000, result
+    assert result["presenter_sessions"] == 1 and result["presenter_ended_on_stop"] is True, result
+    assert result["sockets"] == [["hello", "portrait", "offer", "say", "bye"]], result["sockets"]

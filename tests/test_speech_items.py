@@ -170,6 +170,7 @@ async def test_presenter_session_without_a_microphone(server: SignalingServer) -
         ({"type": "say", "text": "Hello", "voice": "klingon-xx"}, "unknown voice"),
         ({"type": "play", "audio": base64.b64encode(b"not audio at all" * 50).decode()}, "cannot be decoded"),
         ({"type": "play", "audio": "%%% not base64"}, "not base64"),
+        ({"type": "play", "audio": "A" * 1_333_340}, "larger than 1000000 bytes"),  # [portrait] max_bytes
     ],
 )
 async def test_bad_items_are_refused_one_by_one(server: SignalingServer, message: dict[str, Any], reason: str) -> None:

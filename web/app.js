@@ -1,7 +1,12 @@
 // Talking portrait: the page's side of the signaling protocol (DESIGN.md section 3).
 // One WebSocket = one server session: hello -> welcome, portrait (by name or uploaded), a complete
-// offer (ICE gathered, no trickle) with the microphone (sendrecv: the voice comes back) and a
-// recvonly video transceiver -> answer; stats arrive about once a second; Stop sends bye. No build step.
+// offer (ICE gathered, no trickle) with the microphone (sendrecv: the voice comes back), or with no
+// microphone at all for a presenter (recvonly audio: the voice of the speech items still comes back),
+// and a recvonly video transceiver -> answer; stats arrive about once a second; Stop sends bye.
+// Once answered, the portrait also says what is typed (say), plays an uploaded clip (play, base64)
+// and stops speaking on request (clear); speaking/spoken events drive the caption under the video,
+// and a bad_speech error refuses only that item (shown beside the box; the session goes on).
+// No build step.
 //
 // The server gives a welcomed socket `offer_timeout_s` to send its offer, so the socket opened at
 // load (for the portrait list) is closed with `timeout` if the person waits before pressing Start.
@@ -18,6 +23,9 @@
     start: $("start"), stop: $("stop"), state: $("state"), stats: $("stats"),
     builtins: $("builtins"), drop: $("drop"), file: $("file"), portraitStatus: $("portrait-status"),
     error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
+    caption: $("caption"), captionText: $("caption-text"), presenter: $("presenter"),
+    sayText: $("say-text"), say: $("say"), clip: $("clip"), clipLabel: $("clip-label"),
+    stopSpeaking: $("stop-speaking"), speechStatus: $("speech-status"),
   };
 
   const ERRORS = {
@@ -31,6 +39,11 @@
     internal: "The server hit a problem and ended this session. Press Start to try again.",
   };
   const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+  // The server takes a clip of at most [portrait] max_bytes (20 000 000 by default) before base64;
+  // a larger `play` would be refused as a bad message and end the session, so the page refuses it.
+  const MAX_CLIP_BYTES = 20 * 1000 * 1000;
+  const CLIP_CAPTION = "(audio clip)";
+  const MAX_SAY_BYTES = 60 * 1000; // one text message ([server] max_text_message_bytes, 65 536 by default)
   const LOST_RETRY_S = [1.5, 3, 6, 12, 30]; // pauses before reconnecting after a lost connection
   const BUSY_RETRY_S = [3, 6, 12, 30, 60]; // pauses before Start may ask a busy server again
 
@@ -42,6 +55,10 @@
     starting: false, running: false, pendingAnswer: null,
     serverStats: null, videoStats: null, lastVideo: null, statsTimer: null,
     lostCount: 0, busyCount: 0, retryTimer: null, holdTimer: null, connectionBanner: false,
+    presenter: false, // this session was started without a microphone (recvonly audio)
+    speechReady: false, // answered: say, play and clear may be sent
+    speechItems: new Map(), // id -> {kind: "say"|"clip", text} of the items sent and not yet spoken
+    speechCount: 0, speakingId: null, // the item heard now (its text is the caption)
     get ws() { return this.conn ? this.conn.ws : null; },
   };
   window.portraitApp = app; // for tests and debugging
@@ -207,6 +224,12 @@
         app.serverStats = msg;
         renderStats();
         break;
+      case "speaking":
+        onSpeaking(msg);
+        break;
+      case "spoken":
+        onSpoken(msg);
+        break;
       case "error":
         onServerError(conn, msg);
         break;
@@ -215,8 +238,13 @@
     }
   }
 
-  // Every error but bad_portrait is followed by the server closing the socket (onSocketClosed).
+  // Every error but bad_portrait and bad_speech is followed by the server closing the socket
+  // (onSocketClosed).
   function onServerError(conn, msg) {
+    if (msg.code === "bad_speech") { // one speech item refused, shown beside the box: the session goes on
+      onSpeechRefused(msg);
+      return;
+    }
     if (msg.code === "bad_portrait") {
       // Shown beside the portrait controls (not as a banner): the session goes on.
       ui.portraitStatus.textContent = describeError(msg);
@@ -388,26 +416,32 @@
     if (app.starting || app.running) return;
     clearError();
     app.starting = true;
+    app.presenter = ui.presenter.checked;
     ui.start.disabled = true;
+    setPresenterEnabled(false);
     const session = ensureSession(); // opened while the person answers the microphone prompt
-    setState("Asking for the microphone…");
-    try {
-      app.mic = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-        video: false,
-      });
-    } catch (err) {
-      app.starting = false;
-      ui.start.disabled = false;
-      setState("Ready");
-      if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
-        showError("Microphone access was denied. Allow the microphone for this page (the icon in the address bar), then press Start again.");
-      } else if (err && err.name === "NotFoundError") {
-        showError("No microphone was found. Plug one in and press Start again.");
-      } else {
-        showError(`The microphone could not be opened (${err && err.name ? err.name : err}).`);
+    if (!app.presenter) {
+      setState("Asking for the microphone…");
+      try {
+        app.mic = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+          video: false,
+        });
+      } catch (err) {
+        app.starting = false;
+        ui.start.disabled = false;
+        setPresenterEnabled(true);
+        setState("Ready");
+        const instead = "Or tick “Presenter: no microphone” and press Start: the portrait then says what you type.";
+        if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
+          showError(`Microphone access was denied. Allow the microphone for this page (the icon in the address bar), then press Start again. ${instead}`);
+        } else if (err && err.name === "NotFoundError") {
+          showError(`No microphone was found. Plug one in and press Start again. ${instead}`);
+        } else {
+          showError(`The microphone could not be opened (${err && err.name ? err.name : err}). ${instead}`);
+        }
+        return;
       }
-      return;
     }
     app.running = true;
     ui.stop.disabled = false;
@@ -416,8 +450,12 @@
 
     const pc = new RTCPeerConnection({ iceServers: [] });
     app.pc = pc;
-    const micTrack = app.mic.getAudioTracks()[0];
-    pc.addTransceiver(micTrack, { direction: "sendrecv", streams: [app.mic] });
+    if (app.mic) {
+      const micTrack = app.mic.getAudioTracks()[0];
+      pc.addTransceiver(micTrack, { direction: "sendrecv", streams: [app.mic] });
+    } else {
+      pc.addTransceiver("audio", { direction: "recvonly" }); // a presenter: only the portrait's voice
+    }
     pc.addTransceiver("video", { direction: "recvonly" });
     const remote = new MediaStream();
     pc.addEventListener("track", (event) => {
@@ -436,7 +474,7 @@
     }, { once: true });
     pc.addEventListener("connectionstatechange", () => {
       const state = pc.connectionState;
-      if (state === "connected" && app.pc === pc) setState("Live: speak!");
+      if (state === "connected" && app.pc === pc) setState(liveText());
       if ((state === "failed" || state === "disconnected") && app.pc === pc) {
         showError("The media connection was lost. Press Start to try again.");
         stop();
@@ -452,6 +490,7 @@
       await pc.setRemoteDescription({ type: "answer", sdp });
       app.busyCount = 0;
       app.statsTimer = setInterval(pollStats, 1000);
+      setSpeechReady(true);
     } catch (err) {
       if (app.pc === pc) {
         if (ui.error.hidden) showError(`Could not start the session: ${err.message || err}`);
@@ -475,6 +514,8 @@
     ui.frame.classList.remove("live");
     showDisclosure(false);
     app.running = false;
+    setSpeechReady(false);
+    setPresenterEnabled(true);
     app.serverStats = null;
     app.videoStats = null;
     app.lastVideo = null;
@@ -501,6 +542,152 @@
 
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", () => stop());
+
+  // ---- speech items: say, play, clear; the caption ---------------------------------------------
+  function liveText() {
+    return app.presenter ? "Live: type what it says" : "Live: speak!";
+  }
+
+  function setPresenterEnabled(enabled) {
+    ui.presenter.disabled = !enabled;
+    ui.presenter.closest("label").classList.toggle("disabled", !enabled);
+  }
+
+  function setSpeechStatus(text, kind = "") {
+    ui.speechStatus.textContent = text || "\u00a0";
+    ui.speechStatus.classList.toggle("ok", kind === "ok");
+    ui.speechStatus.classList.toggle("bad", kind === "bad");
+  }
+
+  // The caption line keeps its place under the video while a session runs (so the buttons below
+  // do not jump), empty between items; a long text shows its first lines, all of it on hover.
+  function setCaption(text, isClip = false) {
+    ui.captionText.textContent = text;
+    ui.caption.title = text;
+    ui.caption.classList.toggle("clip", isClip);
+    ui.caption.classList.toggle("empty", !text);
+  }
+
+  // The speech controls work only while a session runs (the server refuses items before its answer).
+  function setSpeechReady(ready) {
+    app.speechReady = ready;
+    for (const el of [ui.sayText, ui.say, ui.clip, ui.stopSpeaking]) el.disabled = !ready;
+    ui.clipLabel.classList.toggle("disabled", !ready);
+    ui.caption.hidden = !ready;
+    if (ready) {
+      setSpeechStatus(app.presenter ? "Type a sentence and press Say (or Enter)." : "Type a sentence and press Say, or just speak.");
+    } else {
+      app.speechItems.clear();
+      app.speakingId = null;
+      setCaption("");
+      setSpeechStatus("Press Start first: the portrait speaks during a session.");
+    }
+  }
+
+  function sendSpeech(kind, message, text) {
+    if (!app.speechReady || !sessionOpen()) return null;
+    app.speechCount += 1;
+    const id = `${kind}-${app.speechCount}`;
+    app.speechItems.set(id, { kind, text });
+    send({ ...message, id });
+    return id;
+  }
+
+  // Sent as typed, even empty: the server says what it cannot speak (bad_speech, shown beside the box).
+  // Only a text too long for one message is refused here: the server would end the session for it.
+  function say() {
+    const text = ui.sayText.value;
+    if (new TextEncoder().encode(JSON.stringify({ type: "say", text, id: "say-000000" })).length > MAX_SAY_BYTES) {
+      setSpeechStatus("That text is too long to send. Say it in shorter parts.", "bad");
+      return;
+    }
+    if (!sendSpeech("say", { type: "say", text }, text)) return;
+    ui.sayText.value = "";
+    setSpeechStatus(`Queued: “${text.length > 60 ? `${text.slice(0, 60)}…` : text}”`);
+    ui.sayText.focus();
+  }
+
+  function readAsBase64(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => {
+        const url = String(reader.result);
+        resolve(url.slice(url.indexOf(",") + 1)); // data:<type>;base64,<the file>
+      };
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  async function playClip(file) {
+    if (!file || !app.speechReady) return;
+    if (file.size > MAX_CLIP_BYTES) {
+      setSpeechStatus(`That clip is too large (${(file.size / 1e6).toFixed(1)} MB; at most 20 MB). Choose a shorter one.`, "bad");
+      return;
+    }
+    if (file.size === 0) {
+      setSpeechStatus("That clip is empty.", "bad");
+      return;
+    }
+    setSpeechStatus(`Sending ${file.name}…`);
+    let audio;
+    try {
+      audio = await readAsBase64(file);
+    } catch (err) {
+      setSpeechStatus(`${file.name} could not be read (${err && err.name ? err.name : err}).`, "bad");
+      return;
+    }
+    if (sendSpeech("clip", { type: "play", audio }, file.name)) setSpeechStatus(`Queued: ${file.name}`);
+  }
+
+  function onSpeaking(msg) {
+    const item = app.speechItems.get(msg.id);
+    app.speakingId = msg.id;
+    const isClip = typeof msg.text !== "string";
+    setCaption(isClip ? CLIP_CAPTION : msg.text, isClip);
+    if (item && ui.speechStatus.classList.contains("bad") === false) {
+      setSpeechStatus(item.kind === "clip" ? `Playing ${item.text}` : "Speaking…", "ok");
+    }
+  }
+
+  function onSpoken(msg) {
+    app.speechItems.delete(msg.id);
+    if (msg.id === app.speakingId) {
+      app.speakingId = null;
+      setCaption("");
+      if (!ui.speechStatus.classList.contains("bad")) {
+        setSpeechStatus(msg.interrupted ? "Stopped." : app.speechItems.size ? "Next…" : "Done.");
+      }
+    }
+  }
+
+  function onSpeechRefused(msg) {
+    const item = msg.id ? app.speechItems.get(msg.id) : null;
+    if (msg.id) app.speechItems.delete(msg.id);
+    const what = item ? (item.kind === "clip" ? `${item.text} cannot be played` : "That text cannot be spoken") : "That cannot be spoken";
+    setSpeechStatus(`${what}: ${msg.message || "the server refused it"}.`.replace(/\.\.$/, "."), "bad");
+    if (item && item.kind === "say" && !ui.sayText.value) ui.sayText.value = item.text; // to correct it
+  }
+
+  ui.say.addEventListener("click", say);
+  ui.sayText.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.isComposing) {
+      e.preventDefault();
+      say();
+    }
+  });
+  ui.sayText.addEventListener("input", () => {
+    if (ui.speechStatus.classList.contains("bad")) setSpeechStatus("");
+  });
+  ui.clip.addEventListener("change", () => {
+    const file = ui.clip.files[0];
+    ui.clip.value = ""; // the same file may be chosen again
+    playClip(file);
+  });
+  ui.stopSpeaking.addEventListener("click", () => {
+    if (!app.speechReady) return;
+    send({ type: "clear" });
+  });
 
   // ---- stats -----------------------------------------------------------------------------------
   async function pollStats() {
@@ -530,7 +717,7 @@
     else if (srv) parts.push(`${srv.fps.toFixed(1)} fps`);
     if (srv) {
       parts.push(srv.speaking ? "speaking" : "listening");
-      setState(srv.speaking ? "Speaking" : "Live: speak!", !!srv.speaking);
+      setState(srv.speaking ? "Speaking" : liveText(), !!srv.speaking);
     }
     let latency = srv && typeof srv.latency_ms === "number" ? srv.latency_ms : null;
     if (latency !== null) {
