@@ -327,16 +327,7 @@ def run_talk(
     if args.screenshot:  # the page before Start, with the refusal shown
         driver.save_screenshot(str(args.screenshot.with_name(args.screenshot.stem + "-idle.png")))
     # Choose the built-in portrait explicitly: its reply carries the face box.
-    driver.execute_script(
-        "window.__portrait = null; const ws = window.portraitApp.ws;"
-        "ws.addEventListener('message', (e) => { try { const m = JSON.parse(e.data);"
-        " if (m.type === 'portrait') window.__portrait = m; } catch (err) {} });"
-    )
-    driver.find_element(By.CSS_SELECTOR, "#builtins button").click()
-    portrait = wait_for(lambda: driver.execute_script("return window.__portrait"), 20)
-    if not portrait:
-        raise RuntimeError("no portrait reply")
-    result["portrait"] = portrait
+    result["portrait"] = portrait = _choose_builtin(driver)
     result["disclosure_before_start"] = driver.execute_script(DISCLOSURE_JS)
     start.click()
     t_start = time.monotonic()

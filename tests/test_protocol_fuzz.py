@@ -10,11 +10,14 @@ token, one connection each), then one connection that sends the frames hypothesi
 (each after the reply to the one before) or pipelined (all at once, the replies read in order). The
 replies are checked against the protocol:
 
-1. Every reply is a JSON text object whose `type` is welcome/portrait/answer/stats/error; every error
-   has a known code, never `internal`, and a non-empty message for a person; every frame the server
-   cannot use gets an error reply (never silence), and an error other than bad_portrait is followed by
-   the server closing the socket. The exact reply is predicted by `expected`, a restatement of the
-   protocol written from DESIGN.md section 3 and the documented limits of signaling/messages.py.
+1. Every reply is a JSON text object whose `type` is welcome/portrait/answer/stats/error (or the
+   speaking/spoken events of speech items); every error has a known code, never `internal`, and a
+   non-empty message for a person; every frame the server cannot use gets an error reply (never
+   silence), and an error other than bad_portrait and bad_speech is followed by the server closing
+   the socket. A say, play or clear the parser takes has no reply of its own: its events, or a
+   bad_speech naming its id, come when they come, and are checked for their form only. The exact
+   reply is predicted by `expected`, a restatement of the protocol written from DESIGN.md section
+   3 and the documented limits of signaling/messages.py.
    Two WebSocket-level refusals close without a JSON error, as RFC 6455 and the server's frame cap
    have it: a text frame that is not UTF-8 (1007) and a frame over the cap aiohttp enforces before
    buffering (1009).
@@ -39,6 +42,8 @@ loopback; every connection goes to the server on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import contextlib
 import gc
@@ -73,13 +78,14 @@ pytestmark = pytest.mark.slow
 TOKEN = "letmein"
 MAX_UPLOAD = 1_000_000
 TEXT_LIMIT = 65_536  # server.max_text_message_bytes (the default)
-FRAME_CAP = max(TEXT_LIMIT, MAX_UPLOAD) + 1024  # what aiohttp refuses before buffering (signaling/server.py)
+PLAY_LIMIT = m.base64_chars(MAX_UPLOAD) + 1024  # a `play` text frame: the base64 of a clip of MAX_UPLOAD
+FRAME_CAP = max(TEXT_LIMIT, m.base64_chars(MAX_UPLOAD)) + 2048  # what aiohttp refuses before buffering (server.py)
 FUZZ_ADDRESS = "127.0.0.1"
 CHECK_ADDRESS = "127.0.0.2"
 REPLY_TIMEOUT_S = 5.0  # no reply within this: a hang or a silent drop (the slowest reply takes < 1 s)
 CLOSE_TIMEOUT_S = 5.0  # a closing error must be followed by the close within this
 EXAMPLES = int(os.environ.get("PROTOCOL_FUZZ_EXAMPLES", "80"))  # more for a longer hunt
-SERVER_TYPES = frozenset({"welcome", "portrait", "answer", "stats", "error"})
+SERVER_TYPES = frozenset({"welcome", "portrait", "answer", "stats", "error", "speaking", "spoken"})
 
 T = TypeVar("T")
 
@@ -124,7 +130,7 @@ class Frame:
 class Kind:
     """What a frame is to the protocol: a usable message, a parse-level error, or a WebSocket refusal."""
 
-    what: str  # hello | portrait | upload | offer | bye | error | close
+    what: str  # hello | portrait | upload | offer | bye | speech | error | close
     value: Any = None  # the token, name or SDP; the error code; the close code
 
 
@@ -145,13 +151,15 @@ def classify(frame: Frame) -> Kind:
     size = len(data.encode("utf-8"))
     if size > FRAME_CAP:
         return Kind("close", 1009)
-    if size > TEXT_LIMIT:
+    if size > PLAY_LIMIT:
         return Kind("error", m.BAD_MESSAGE)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError):
         return Kind("error", m.BAD_MESSAGE)
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return Kind("error", m.BAD_MESSAGE)
+    if size > TEXT_LIMIT and obj["type"] != "play":  # only a play may be larger
         return Kind("error", m.BAD_MESSAGE)
 
     def string(key: str, limit: int) -> str | None:
@@ -177,6 +185,43 @@ def classify(frame: Frame) -> Kind:
         return Kind("error", m.BAD_MESSAGE)
     if obj["type"] == "bye":
         return Kind("bye")
+    try:
+        return _speech_kind(obj, string)
+    except ValueError:
+        return Kind("error", m.BAD_MESSAGE)
+
+
+def _speech_kind(obj: dict[str, Any], string: Any) -> Kind:
+    """say / play / clear: parse-level errors, or a speech item (its outcome comes later, if ever:
+    speaking/spoken events, or a bad_speech naming the item's id)."""
+
+    def item_id() -> None:
+        value = string("id", m.MAX_ID_CHARS)
+        if value is not None and not value.strip():
+            raise ValueError
+
+    if obj["type"] == "say":
+        if string("text", m.MAX_SAY_CHARS) is None:
+            raise ValueError
+        string("voice", m.MAX_NAME_CHARS)
+        item_id()
+        return Kind("speech")
+    if obj["type"] == "play":
+        audio = obj.get("audio")
+        if not isinstance(audio, str):
+            raise ValueError
+        if len(audio) > m.base64_chars(MAX_UPLOAD):
+            return Kind("error", m.BAD_SPEECH)
+        try:
+            decoded = base64.b64decode(audio, validate=True)
+        except (ValueError, binascii.Error):
+            return Kind("error", m.BAD_SPEECH)
+        if not decoded:
+            return Kind("error", m.BAD_SPEECH)
+        item_id()
+        return Kind("speech")
+    if obj["type"] == "clear":
+        return Kind("speech")
     return Kind("error", m.BAD_MESSAGE)
 
 
@@ -199,6 +244,8 @@ def expected(kind: Kind, state: str, *, may_be_throttled: bool, valid_offer: str
         return {"error:bad_message"}  # hello was already received
     if kind.what == "bye":
         return {"close:1000"}
+    if kind.what == "speech":
+        return {"none"}  # no reply of its own: its events (or a bad_speech with its id) come later
     if kind.what == "portrait":
         if state == ACTIVE:
             return {"error:bad_portrait"}  # only before Start
@@ -619,6 +666,13 @@ class Transcript:
         return FuzzFailure(why + "\n  transcript:\n    " + "\n    ".join(self.lines))
 
 
+def _speech_outcome(message: dict[str, Any]) -> bool:
+    """An event of an earlier say/play/clear: speaking, spoken, or a bad_speech naming its item."""
+    if message["type"] in ("speaking", "spoken"):
+        return True
+    return message["type"] == "error" and message.get("code") == m.BAD_SPEECH and "id" in message
+
+
 def check_server_message(text: str | bytes, transcript: Transcript) -> dict[str, Any]:
     """Property 1 for one message: a JSON object of a known type; errors well-formed, never internal."""
     if not isinstance(text, str):
@@ -636,6 +690,12 @@ def check_server_message(text: str | bytes, transcript: Transcript) -> dict[str,
             raise transcript.fail(f"error code {code!r} answered client input: {text[:300]}")
         if not isinstance(human, str) or not human.strip():
             raise transcript.fail(f"an error without a message for a person: {text[:300]}")
+    elif kind in ("speaking", "spoken"):
+        ok = isinstance(message.get("id"), str) and bool(message["id"])
+        if kind == "spoken" and not isinstance(message.get("interrupted"), bool):
+            ok = False
+        if not ok:
+            raise transcript.fail(f"a malformed {kind}: {text[:300]}")
     elif kind == "welcome":
         ok = isinstance(message.get("session"), str) and message["session"]
         ok = ok and (message.get("fps"), message.get("width"), message.get("height")) == (25, 256, 256)
@@ -872,6 +932,8 @@ class Harness:
             transcript.add(f"[{state}] {'sent' if send else 'then'} {frame!r}; allowed {sorted(allowed)}")
             if send:
                 await self._send(ws, frame)
+            if allowed == {"none"}:
+                continue
             outcome, message = await self._next_reply(ws, state, transcript)
             transcript.add(f"    got {outcome}: {json.dumps(message)[:200] if message else ''}")
             if outcome == "close:1000" and may_have_closed:
@@ -898,7 +960,7 @@ class Harness:
                 state = WELCOMED
             elif outcome == "answer":
                 state, answered_at = ACTIVE, time.monotonic()
-            elif outcome.startswith("error:") and outcome != "error:bad_portrait":
+            elif outcome.startswith("error:") and outcome not in ("error:bad_portrait", "error:bad_speech"):
                 if not await self._closes(ws, state, transcript):
                     raise transcript.fail(f"{outcome} was not followed by the server closing the socket")
                 return
@@ -911,6 +973,9 @@ class Harness:
             async with asyncio.timeout(REPLY_TIMEOUT_S):
                 while True:
                     message = check_server_message(await ws.recv(), transcript)
+                    if _speech_outcome(message):
+                        transcript.add(f"    (a speech item's outcome: {json.dumps(message)[:120]})")
+                        continue
                     if message["type"] != "stats":
                         break
                     if state != ACTIVE:
@@ -929,6 +994,8 @@ class Harness:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 while True:
                     message = check_server_message(await ws.recv(), transcript)
+                    if _speech_outcome(message):
+                        continue  # an earlier speech item's event, sent before the close
                     if message["type"] != "stats" or state != ACTIVE:
                         raise transcript.fail(f"after a closing error the server sent {json.dumps(message)[:200]}")
         except ConnectionClosed:

@@ -264,3 +264,14 @@ async def test_a_flood_of_items_is_bounded_by_the_queue(server: SignalingServer)
     finally:
         await events.aclose()
         await client.close()
+
+
+async def test_speech_before_the_offer_is_refused_and_the_session_goes_on(server: SignalingServer) -> None:
+    async with Client(server.url) as client:
+        assert (await client.hello(TOKEN))["type"] == "welcome"
+        await client.send({"type": "say", "text": "Too early.", "id": "early"})
+        error = await client.recv()
+        assert error["code"] == "bad_speech" and error["id"] == "early" and "offer" in error["message"], error
+        await client.send({"type": "clear"})  # nothing to clear: no reply, no harm
+        answer = await client.offer(None)
+        assert answer["type"] == "answer", answer
