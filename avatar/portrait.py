@@ -316,12 +316,18 @@ def _check_inside(points: np.ndarray, width: int, height: int, what: str) -> Non
 
 
 def alignment_matrix(
-    landmarks: np.ndarray, width: int, height: int, face_width_fraction: float, eye_line_fraction: float
+    landmarks: np.ndarray,
+    width: int,
+    height: int,
+    face_width_fraction: float,
+    eye_line_fraction: float,
+    source_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The 2x3 similarity (scale, rotation, shift) from source to output pixels: out = A @ [x, y, 1].
 
     Eyes level; the landmark extent `face_width_fraction` of the width and centred; the eye line at
-    `eye_line_fraction` of the height.
+    `eye_line_fraction` of the height. Given the source's (width, height), the framing is fitted
+    (`fit_framing`) so the output stays inside the photo where it can.
     """
     left_eye = landmarks[36:42].mean(axis=0)
     right_eye = landmarks[42:48].mean(axis=0)
@@ -333,11 +339,74 @@ def alignment_matrix(
     extent = float(rotated[:, 0].max() - rotated[:, 0].min())
     if extent < 8.0 or math.hypot(dx, dy) < 2.0:
         raise PortraitError("the face is too small to use (under 8 pixels wide)")
-    scale = face_width_fraction * width / extent
     eyes_y = float(((left_eye + right_eye) / 2.0) @ rotation[1])
     centre_x = float(rotated[:, 0].max() + rotated[:, 0].min()) / 2.0
-    shift = np.array([width / 2.0 - scale * centre_x, eye_line_fraction * height - scale * eyes_y])
+    fraction, x_fraction, eye_fraction = face_width_fraction, 0.5, eye_line_fraction
+    if source_size is not None:
+        fraction, x_fraction, eye_fraction = fit_framing(
+            rotation, extent, centre_x, eyes_y, (width, height), source_size, face_width_fraction, eye_line_fraction
+        )
+    scale = fraction * width / extent
+    shift = np.array([x_fraction * width - scale * centre_x, eye_fraction * height - scale * eyes_y])
     return np.hstack([scale * rotation, shift[:, None]])
+
+
+# How far the framing may move from the configured one to keep the output inside the photo: the face
+# up to this share of the width (room is left for the head's motion), its centre and eye line this
+# far from where they are configured; the margin of the photo kept beyond the frame (the
+# head-motion warp reads a little past the frame's edges); and the share of the frame that may lie
+# past the photo (filled) before the configured framing is moved.
+_MAX_FACE_FRACTION = 0.62
+_MAX_CENTRE_SHIFT = 0.1
+_EYE_LINE_RANGE = (-0.08, 0.1)
+_EDGE_MARGIN = 0.02
+_SMALL_FILL = 0.04
+
+
+def fit_framing(
+    rotation: np.ndarray,
+    extent: float,
+    centre_x: float,
+    eyes_y: float,
+    out_size: tuple[int, int],
+    source_size: tuple[int, int],
+    face_width_fraction: float,
+    eye_line_fraction: float,
+) -> tuple[float, float, float]:
+    """(face width fraction, face centre x fraction, eye line fraction) closest to the configured
+    framing whose output (and a small margin) lies inside the photo; when none does, the one that
+    leaves the least of the output outside it (that part is filled: see `warp_image`). The
+    configured framing stays when little of the frame lies past the photo: a small corner is filled
+    softly, and a framing moved for it would move every portrait's face."""
+    width, height = out_size
+    src_w, src_h = source_size
+
+    def outside(f: np.ndarray, c: np.ndarray, e: np.ndarray, margin: float, points: int) -> np.ndarray:
+        """The share of a grid over the frame (and `margin` around it) that falls past the photo."""
+        scale = f * width / extent
+        shift_x, shift_y = c * width - scale * centre_x, e * height - scale * eyes_y
+        cells = (np.arange(points) + 0.5) / points  # the centres of a points x points grid of cells
+        gx, gy = np.meshgrid(cells * (width + 2 * margin) - margin, cells * (height + 2 * margin) - margin)
+        rx = (gx.reshape(1, -1) - shift_x[:, None]) / scale[:, None]  # source = R^T (out - t) / s
+        ry = (gy.reshape(1, -1) - shift_y[:, None]) / scale[:, None]
+        sx = rotation[0, 0] * rx + rotation[1, 0] * ry
+        sy = rotation[0, 1] * rx + rotation[1, 1] * ry
+        return ((sx < 0) | (sx > src_w - 1) | (sy < 0) | (sy > src_h - 1)).mean(axis=1)
+
+    one = np.ones(1)
+    if outside(one * face_width_fraction, one * 0.5, one * eye_line_fraction, 0.0, 33)[0] <= _SMALL_FILL:
+        return face_width_fraction, 0.5, eye_line_fraction
+    fractions = np.linspace(face_width_fraction, max(face_width_fraction, _MAX_FACE_FRACTION), 14)
+    centres = 0.5 + np.linspace(-_MAX_CENTRE_SHIFT, _MAX_CENTRE_SHIFT, 11)
+    eyes = eye_line_fraction + np.linspace(*_EYE_LINE_RANGE, 10)
+    f, c, e = (a.reshape(-1) for a in np.meshgrid(fractions, centres, eyes, indexing="ij"))
+    share = outside(f, c, e, _EDGE_MARGIN * max(width, height), 17)
+    cost = 3.0 * (f - face_width_fraction) / face_width_fraction + 4.0 * np.abs(c - 0.5)
+    cost = cost + 4.0 * np.abs(e - eye_line_fraction)
+    best = int(np.argmin(np.where(share == 0, cost, np.inf))) if np.any(share == 0) else int(
+        np.lexsort((cost, np.round(share, 3)))[0]
+    )
+    return float(f[best]), float(c[best]), float(e[best])
 
 
 def warp_image(rgb: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -398,8 +467,10 @@ def warp_image(rgb: np.ndarray, matrix: np.ndarray, width: int, height: int) -> 
         ],
         axis=-1,
     )
-    # Beyond the photo the edge pixels are repeated, which draws streaks; soften them with a blur that
-    # fades in over a few pixels past the edge, so the fill reads as out-of-focus background.
+    # Beyond the photo, scipy repeats the edge pixels, which draws streaks. There the frame gets a
+    # soft continuation instead: the photo's own pixels averaged isotropically (a normalised
+    # Gaussian of what lies inside, wider where the photo is further away), blended in over a few
+    # pixels past the edge, so it reads as out-of-focus background with no direction to it.
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     src_y = matrix_yx[0, 0] * rows + matrix_yx[0, 1] * cols + offset_yx[0]
     src_x = matrix_yx[1, 0] * rows + matrix_yx[1, 1] * cols + offset_yx[1]
@@ -407,12 +478,69 @@ def warp_image(rgb: np.ndarray, matrix: np.ndarray, width: int, height: int) -> 
     outside = np.maximum.reduce([-src_y, src_y - last_y, -src_x, src_x - last_x, np.zeros_like(src_y)])
     outside_px = outside / math.sqrt(abs(np.linalg.det(inverse)))  # in output pixels
     if outside_px.max() > 0.0:
-        feather = max(2.0, width / 64.0)
+        inside = (outside_px <= 0.0).astype(np.float32)
+        fill = _continuation(planes, inside, outside_px, max(width, height))
+        feather = max(3.0, width / 32.0)
         weight = np.clip(outside_px / feather, 0.0, 1.0)[:, :, None]
-        sigma = max(2.0, width / 48.0)
-        blurred = ndimage.gaussian_filter(planes, sigma=(sigma, sigma, 0), mode="nearest")
-        planes = planes * (1.0 - weight) + blurred * weight
+        planes = planes * (1.0 - weight) + fill * weight
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
+def _continuation(planes: np.ndarray, inside: np.ndarray, depth_px: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, 3) float: a soft continuation of the `inside` pixels of `planes` beyond them.
+
+    At each pixel, a normalised Gaussian average of the photo's pixels around it, whose width grows
+    with the pixel's depth past the photo's edge (`depth_px`): close to the edge it continues the
+    nearest colours, further out it fades into ever wider averages, so it keeps no direction (edge
+    pixels repeated would draw streaks) and no hard seams. It is smooth, so it is made at about
+    128 pixels across and enlarged."""
+    from scipy import ndimage
+
+    height, width = inside.shape
+    step = max(1, size // 128)
+    small_inside = inside[::step, ::step]
+    small = planes[::step, ::step] * small_inside[:, :, None]
+    base = size / 48.0
+    sigmas = [base * 2.0**k for k in range(5)]
+    mean = small.sum(axis=(0, 1)) / max(1.0, float(small_inside.sum()))
+    levels = []
+    grid = small_inside.shape[::-1]  # (w', h')
+    for k, sigma in enumerate(sigmas):
+        # Each wider average on a coarser grid (its detail is coarser too), enlarged to the first.
+        sub = 2**k
+        sub_inside, sub_planes = small_inside[::sub, ::sub], small[::sub, ::sub]
+        weight = ndimage.gaussian_filter(sub_inside, sigma / step / sub, mode="constant")
+        total = np.stack(
+            [ndimage.gaussian_filter(sub_planes[:, :, c], sigma / step / sub, mode="constant") for c in range(3)], -1
+        )
+        level = np.concatenate([total, weight[:, :, None]], axis=-1)
+        if sub > 1:
+            level = _resize_planes(level, grid)
+        total, weight = level[:, :, :3], level[:, :, 3]
+        levels.append(np.where((weight > 1e-4)[:, :, None], total / np.maximum(weight, 1e-6)[:, :, None], np.nan))
+    # The level for each pixel: log2 of (base + depth / 2) / base, between two levels.
+    depth = depth_px[::step, ::step]
+    position = np.clip(np.log2((base + 0.5 * depth) / base), 0.0, len(sigmas) - 1.0)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, len(sigmas) - 1)
+    t = (position - lower)[:, :, None]
+    stack = np.stack(levels)  # (levels, h', w', 3)
+    rows, cols = np.indices(depth.shape)
+    near, far = stack[lower, rows, cols], stack[upper, rows, cols]
+    far = np.where(np.isnan(far), near, far)
+    near = np.where(np.isnan(near), far, near)
+    fill = np.where(np.isnan(near), mean, (1.0 - t) * near + t * far).astype(np.float32)
+    return fill if step == 1 else _resize_planes(fill, (width, height))
+
+
+def _resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, c) float -> (size[1], size[0], c) float32, bilinear."""
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(planes[:, :, c], np.float32), mode="F").resize(
+            size, Image.Resampling.BILINEAR))
+        for c in range(planes.shape[2])
+    ]  # fmt: skip
+    return np.stack(channels, axis=-1)
 
 
 def align_portrait(
@@ -420,8 +548,9 @@ def align_portrait(
 ) -> Portrait:
     """Crop, level and scale `rgb` around its face to the output size; landmarks follow."""
     width, height = video.width_px, video.height_px
+    source_size = (int(rgb.shape[1]), int(rgb.shape[0]))
     matrix = alignment_matrix(
-        landmarks, width, height, portrait.face_width_fraction, portrait.eye_line_fraction
+        landmarks, width, height, portrait.face_width_fraction, portrait.eye_line_fraction, source_size
     )
     out = warp_image(rgb, matrix, width, height)
     points = landmarks @ matrix[:, :2].T + matrix[:, 2]
