@@ -184,6 +184,8 @@ def onset_offsets(frames: list[dict[str, Any]], audio: list[float], *, quiet_s: 
                               "offsets_ms": [round(x, 1) for x in offsets]}  # fmt: skip
     if offsets:
         result["median_ms"] = round(float(np.median(offsets)), 1)
+        q1, q3 = np.percentile(offsets, [25, 75])
+        result["iqr_ms"] = round(float(q3 - q1), 1)
     return result
 
 
@@ -201,8 +203,10 @@ def sync_summary(frames: list[dict[str, Any]], audio: list[float]) -> dict[str, 
     lags = range(-60, 61)  # 5 ms steps
     corr = [float(np.mean(m[k:] * a[: a.size - k])) if k >= 0 else float(np.mean(m[:k] * a[-k:])) for k in lags]
     best = int(np.argmax(corr))
+    intervals = np.diff(times)
     return {
         "frames": len(frames),
+        "frame_interval_p95_ms": round(float(np.percentile(intervals, 95)), 1),
         "mouth_max": round(float(motion.max()), 2),
         "mouth_p90": round(float(np.percentile(motion, 90)), 2),
         "mouth_min": round(float(motion.min()), 2),

@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = wait_for(lambda: driver.execute_async_script(FAR_STATS_JS)["framesDecoded"] > 0, 20, 0.2)
         if not first:
             raise RuntimeError("the far end decoded no frame: " + json.dumps(driver.execute_async_script(FAR_STATS_JS)))
-        time.sleep(1.0)
+        time.sleep(3.0)  # both hops' audio/video sync settle (Chromium adjusts it in steps, about once a second)
         s1, t1 = driver.execute_async_script(FAR_STATS_JS), time.monotonic()
         driver.execute_script(WATCH_JS)
         driver.execute_async_script(START_WATCH_JS)
