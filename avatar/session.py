@@ -526,7 +526,8 @@ class AvatarSession:
         if self._audio is not None and played is not None:
             self._audio.truncate(played)
         for item in cut.values():
-            self._emit(SpeechMark("spoken", item, played or self._pos48, interrupted=True))
+            at = played if played is not None else self._pos48
+            self._emit(SpeechMark("spoken", item, at, interrupted=True))
         return len(cut)
 
     def _enqueue(self, item_id: str | None, text: str | None) -> SpeechItem:

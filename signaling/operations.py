@@ -16,6 +16,12 @@ from signaling.client import tokens_match
 from signaling.metrics import CONTENT_TYPE, ServerMetrics
 
 
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, if the request has one."""
+    authorization = request.headers.get("Authorization", "")
+    return authorization[len("Bearer ") :] if authorization.startswith("Bearer ") else None
+
+
 def is_operator(request: web.Request, token: str) -> bool:
     """A loopback client (not forwarded by a proxy), or one that shows the server's token."""
     # A request a reverse proxy forwarded comes from loopback too: it is not a local operator.
@@ -24,10 +30,8 @@ def is_operator(request: web.Request, token: str) -> bool:
         return True
     if not token:
         return False
-    given = request.query.get("token")
-    authorization = request.headers.get("Authorization", "")
-    if authorization.startswith("Bearer "):
-        given = authorization[len("Bearer ") :]
+    bearer = bearer_token(request)
+    given = bearer if bearer is not None else request.query.get("token")
     return given is not None and tokens_match(given, token)
 
 

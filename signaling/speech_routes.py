@@ -23,15 +23,15 @@ from aiohttp import web
 from avatar.errors import SpeechError
 from signaling import messages as m
 from signaling.client import ClientConnection, tokens_match
-from signaling.operations import is_operator
+from signaling.operations import bearer_token, is_operator
 
 
 def may_speak(request: web.Request, token: str) -> bool:
     """With a server token: a request showing it (Authorization: Bearer); without: loopback only."""
     if not token:
         return is_operator(request, token)
-    authorization = request.headers.get("Authorization", "")
-    return authorization.startswith("Bearer ") and tokens_match(authorization[len("Bearer ") :], token)
+    given = bearer_token(request)
+    return given is not None and tokens_match(given, token)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -8,7 +8,6 @@ within its limits, to keep the frame inside the photo."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from avatar.windows import iter_clip_windows
 from tests.framing_check import streak_runs
 
 PORTRAIT = PortraitConfig()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _astronaut_cases() -> dict[str, np.ndarray]:
@@ -105,14 +105,6 @@ def test_a_tight_crop_fills_more_of_the_frame_instead_of_inventing_a_border(
     assert np.ptp(tight.landmarks[:, 0]) > 1.15 * np.ptp(shipped.landmarks[:, 0])  # zoomed in to stay inside
     corner = tight.rgb[:8, :8].reshape(-1, 3).astype(int)
     assert corner.sum(axis=1).min() > 60, "the outside of the photo is filled black"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -241,8 +241,12 @@ class QueueTrack(MediaStreamTrack):
         self.index = 0
 
     def put_silence(self, count: int = 1) -> None:
+        self.put_level(0, count)
+
+    def put_level(self, value: int, count: int = 1) -> None:
+        """`count` 20 ms packets of stereo 48 kHz, every sample `value`."""
         for _ in range(count):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16", layout="stereo")
+            frame = av.AudioFrame.from_ndarray(np.full((1, 1920), value, np.int16), format="s16", layout="stereo")
             frame.sample_rate = 48_000
             frame.pts = self.index * 960
             self.index += 1

@@ -9,11 +9,10 @@ import dataclasses
 import io
 import wave
 
-import av
 import numpy as np
 import pytest
-from media_doubles import LoudnessGenerator, flat_portrait
-from test_session import QueueTrack
+from media_doubles import LoudnessGenerator
+from test_session import QueueTrack, make_session
 
 from avatar.clock import FakeClock
 from avatar.config import AppConfig, TtsConfig, VideoConfig
@@ -123,32 +122,35 @@ async def engine(small_config: AppConfig):  # type: ignore[no-untyped-def]
     await engine.aclose()
 
 
-async def _session(config: AppConfig, engine: InferenceEngine, clock: FakeClock) -> AvatarSession:
-    session = AvatarSession(config, engine, engine.generator, flat_portrait(), session_id="speech", clock=clock)
+async def _listened(
+    config: AppConfig, engine: InferenceEngine
+) -> tuple[FakeClock, AvatarSession, list[SpeechMark]]:
+    """A started session on a fake clock, and the speech marks it reports."""
+    clock = FakeClock(start_s=10.0)
+    session = make_session(config, engine, "speech", clock=clock)
     await session.start()
-    return session
+    marks: list[SpeechMark] = []
+    session.on_speech = marks.append
+    return clock, session, marks
 
 
 async def test_speech_takes_the_microphones_place_while_it_plays(
     small_config: AppConfig, engine: InferenceEngine
 ) -> None:
-    clock = FakeClock(start_s=10.0)
-    session = await _session(small_config, engine, clock)
-    marks: list[SpeechMark] = []
-    session.on_speech = marks.append
+    clock, session, marks = await _listened(small_config, engine)
     track = QueueTrack()
     session.attach_audio(track)
     try:
         for _ in range(10):  # the microphone: a steady tone
             await clock.advance(0.02)
-            _put_tone(track, 3000)
+            track.put_level(3000)
             await asyncio.sleep(0.005)
         speech = (np.arange(48_000 // 5) % 500 + 1).astype(np.int16)  # 200 ms, never 0
         item = await session.play(wav_bytes(speech), item_id="clip")
         start = session._pos48  # the next packet's first input sample
         for _ in range(20):
             await clock.advance(0.02)
-            _put_tone(track, 3000)
+            track.put_level(3000)
             await asyncio.sleep(0.005)
         audio = session.audio_track
         assert audio is not None
@@ -168,10 +170,7 @@ async def test_speech_takes_the_microphones_place_while_it_plays(
 async def test_a_presenter_s_speech_starts_the_timeline_and_rest_follows(
     small_config: AppConfig, engine: InferenceEngine
 ) -> None:
-    clock = FakeClock(start_s=10.0)
-    session = await _session(small_config, engine, clock)
-    marks: list[SpeechMark] = []
-    session.on_speech = marks.append
+    clock, session, marks = await _listened(small_config, engine)
     try:
         await clock.advance(0.5)
         assert session.timeline.offset_s is None  # nothing to say yet: idle frames
@@ -189,10 +188,3 @@ async def test_a_presenter_s_speech_starts_the_timeline_and_rest_follows(
     finally:
         await session.aclose()
 
-
-def _put_tone(track: QueueTrack, value: int) -> None:
-    frame = av.AudioFrame.from_ndarray(np.full((1, 1920), value, np.int16), format="s16", layout="stereo")
-    frame.sample_rate = 48_000
-    frame.pts = track.index * 960
-    track.index += 1
-    track.queue.put_nowait(frame)
