@@ -10,7 +10,8 @@ for all streams:
     targets = rest + drive @ bases                      (B, N, 2)        control points
     thin-plate spline, target -> rest                   (B, N+3, 2)      one batched solve
     field on a coarse grid around the face              (B, 2, h, w)     faded out around the face
-    head motion under a face-and-hair mask + breathing  (B, h', w', 2)   at 1/field_scale
+    head motion under a face-and-hair mask + breathing  (B, h', w', 2)   at 1/field_scale, held
+                                                                         still at the frame's edges
     displacement upsampled, one grid_sample             (B, 3, H, W)
     mouth interior painted inside the inner lips        (warp_mouth.py): cavity, teeth (the
         portrait's own when it shows them, else painted), tongue; or the seam of pressed lips
@@ -38,7 +39,7 @@ from avatar.config import VideoConfig, WarpConfig
 from avatar.errors import GeneratorError
 from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.generators.warp_drive import MouthDriver, MouthDriveState
-from avatar.generators.warp_mouth import mouth_boxes, paint_mouth
+from avatar.generators.warp_mouth import MouthBatch, mouth_boxes, paint_mouth
 from avatar.generators.warp_rig import (
     BASIS_BLINK_L,
     BASIS_BLINK_R,
@@ -66,6 +67,7 @@ _ACTIVITY_UP_S, _ACTIVITY_DOWN_S = 0.4, 1.5
 _BREATH_HZ = (0.2, 0.3)
 _BREATH_SCALE = 0.004  # vertical scale of the shoulders at breathing = 1
 _MIN_BLINK_GAP_S = 0.8
+_EDGE_HOLD = 0.1  # share of the frame over which the motion fades out toward its edges
 
 
 @dataclass
@@ -99,6 +101,8 @@ class WarpStream(GeneratorStream):
     rest_gap: float  # inner-lip gap at rest, pixels
     teeth_rgb: np.ndarray  # (3,) in [0, 1]
     real_teeth: bool  # the portrait shows teeth at rest: reuse them inside the open mouth
+    lip_rgb: np.ndarray  # (3,) in [0, 1], the lips' colour
+    saturation: float  # 0 (black and white) .. 1 (colour): how colourful the painted interior is
     mouth_centre: np.ndarray  # (2,) pixels
     mouth: MouthDriveState
     motion: _Motion
@@ -117,13 +121,7 @@ class _Batch:
     head_mask: torch.Tensor  # (B, h, w, 1)
     body_dy: torch.Tensor  # (B, h, w)
     images: torch.Tensor  # (B, 3, H, W)
-    rest_inner: torch.Tensor  # (B, 8, 2)
-    rest_gap: torch.Tensor  # (B,)
-    mouth_width: torch.Tensor  # (B,)
-    teeth_rgb: torch.Tensor  # (B, 3)
-    real_teeth: torch.Tensor  # (B,)
-    box_origins: np.ndarray  # (B, 2) int
-    box_size: tuple[int, int]
+    mouth: MouthBatch
 
 
 class WarpAnimator(FrameGenerator[WarpStream]):
@@ -153,6 +151,12 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         xs = torch.arange(self.low_w, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         self._low_grid = torch.stack([gx, gy], dim=-1)  # (h, w, 2)
+        # 0 on the frame's edge, 1 from _EDGE_HOLD of the frame inwards: the motion fades out there.
+        to_edge = torch.minimum(
+            torch.minimum(gx + 0.5, self.width_px - 0.5 - gx), torch.minimum(gy + 0.5, self.height_px - 0.5 - gy)
+        )
+        hold = (to_edge / (_EDGE_HOLD * max(self.width_px, self.height_px))).clamp(0.0, 1.0)
+        self._edge_hold = (hold * hold * (3.0 - 2.0 * hold))[..., None]  # (h, w, 1)
         ry = torch.arange(self.roi_h, dtype=torch.float32, device=self.device) * fs
         rx = torch.arange(self.roi_w, dtype=torch.float32, device=self.device) * fs
         gy, gx = torch.meshgrid(ry, rx, indexing="ij")
@@ -187,6 +191,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
 
         rest_gap = max(0.0, float((landmarks[66] - landmarks[62]) @ g.down))
         teeth, real_teeth = self._teeth_colour(rgb, landmarks, rest_gap, g.mouth_width)
+        lip_rgb, saturation = self._lip_colour(rgb, landmarks)
         rng = np.random.default_rng(seed)
         motion = _Motion(
             rng=rng,
@@ -208,6 +213,8 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             rest_gap=rest_gap,
             teeth_rgb=teeth,
             real_teeth=real_teeth,
+            lip_rgb=lip_rgb,
+            saturation=saturation,
             mouth_centre=landmarks[[48, 54, 51, 57]].mean(axis=0),
             mouth=MouthDriveState(),
             motion=motion,
@@ -248,6 +255,21 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         if colour.mean() < 0.45:  # a dark gap, no teeth to see
             return default
         return 0.92 * colour, True
+
+    @staticmethod
+    def _lip_colour(rgb: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, float]:
+        """The lips' colour and how colourful the portrait is there: 0 for black and white (or a
+        statue), 1 for a colour photo's red lips; a sepia print lies between."""
+        x0, y0 = np.floor(lm[48:60].min(axis=0)).astype(int)
+        x1, y1 = np.ceil(lm[48:60].max(axis=0)).astype(int) + 1
+        h, w = rgb.shape[:2]
+        patch = rgb[max(y0, 0) : min(max(y1, 1), h), max(x0, 0) : min(max(x1, 1), w)]
+        pixels = patch.reshape(-1, 3).astype(np.float64) / 255.0
+        if len(pixels) < 4:
+            return np.array([0.6, 0.4, 0.38]), 1.0
+        lip = np.median(pixels, axis=0)
+        chroma = float(np.median(pixels.max(axis=1) - pixels.min(axis=1)) / max(float(lip.mean()), 0.05))
+        return lip, float(np.clip(chroma / 0.3, 0.0, 1.0))
 
     def _rest_frame(self, stream: WarpStream) -> torch.Tensor:
         return stream.image
@@ -297,6 +319,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             return cached
         mws = np.array([s.rig.geometry.mouth_width for s in ss])
         origins, box = mouth_boxes(np.stack([s.mouth_centre for s in ss]), mws, self.width_px, self.height_px)
+        images = torch.stack([s.image for s in ss])
         batch = _Batch(
             streams=tuple(ss),
             rest=torch.stack([s.rig.rest for s in ss]),
@@ -305,54 +328,57 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             fade=torch.stack([s.rig.fade for s in ss]).reshape(len(ss), -1, 1),
             head_mask=torch.stack([s.head_mask for s in ss])[..., None],
             body_dy=torch.stack([s.body_dy for s in ss]),
-            images=torch.stack([s.image for s in ss]),
-            rest_inner=torch.stack([s.rig.rest[60:68] for s in ss]),
-            rest_gap=self._f32([s.rest_gap for s in ss]),
-            mouth_width=self._f32(mws),
-            teeth_rgb=self._f32(np.stack([s.teeth_rgb for s in ss])),
-            real_teeth=self._f32([s.real_teeth for s in ss]),
-            box_origins=origins,
-            box_size=box,
+            images=images,
+            mouth=MouthBatch(
+                images=images,
+                rest_inner=torch.stack([s.rig.rest[60:68] for s in ss]),
+                rest_gap=self._f32([s.rest_gap for s in ss]),
+                mouth_width=self._f32(mws),
+                down=self._f32(np.stack([s.rig.geometry.down for s in ss])),
+                yaw_rad=self._f32([s.rig.geometry.yaw_rad for s in ss]),
+                teeth_rgb=self._f32(np.stack([s.teeth_rgb for s in ss])),
+                real_teeth=self._f32([s.real_teeth for s in ss]),
+                lip_rgb=self._f32(np.stack([s.lip_rgb for s in ss])),
+                saturation=self._f32([s.saturation for s in ss]),
+                box_origins=origins,
+                box_size=box,
+            ),
         )
         self._last_batch = batch
         return batch
 
-    def _generate(
-        self, streams: Sequence[WarpStream], windows: Sequence[AudioWindow]
-    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        ss = list(streams)
-        b = len(ss)
+    def backward_map(
+        self,
+        stream: WarpStream,
+        drive: dict[str, float],
+        head_pose_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        breathing: float = 0.0,
+    ) -> np.ndarray:
+        """Where each output pixel reads the portrait for the given drive values ("jaw", "width",
+        "rounding", "press", "blink"; 0 when absent) and head pose (pitch, yaw, roll): (H, W, 2)
+        float, source (x, y) in pixels. For checks of the warp (folds tear the picture); the
+        stream's own state does not move."""
+        drives = np.zeros((1, N_BASES))
+        named = {"jaw": BASIS_JAW, "width": BASIS_WIDTH, "rounding": BASIS_ROUND, "press": BASIS_PRESS}
+        for key, basis in named.items():
+            drives[0, basis] = float(drive.get(key, 0.0))
+        drives[0, BASIS_BLINK_L] = drives[0, BASIS_BLINK_R] = float(drive.get("blink", 0.0))
+        batch = self._batch([stream])
+        with torch.no_grad():
+            grid, _, _ = self._sampling_grid(batch, self._f32(drives), np.array([head_pose_deg]), np.array([breathing]))
+        normalised = grid[0].double().cpu().numpy()
+        size = np.array([self.width_px, self.height_px], dtype=np.float64)
+        return ((normalised + 1.0) * size - 1.0) / 2.0  # align_corners=False
+
+    def _sampling_grid(
+        self, batch: _Batch, drive_t: torch.Tensor, poses: np.ndarray, breath: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backward map of one step: (grid (B, H, W, 2) for grid_sample, normalised; the forward
+        head transforms (B, 2, 3), pixels; the control-point targets (B, N, 2), pixels)."""
+        b = len(batch.streams)
         fs, w_px, h_px = self.field_scale, self.width_px, self.height_px
-
-        # 1. Drive values (numpy; causal per-stream state).
-        past = windows[0].past_samples
-        samples = np.stack([np.asarray(wnd.samples, dtype=np.float32) for wnd in windows])
-        if any(wnd.past_samples != past for wnd in windows):
-            raise GeneratorError("all audio windows of one step must have the same layout")
-        speaking = np.array([bool(wnd.speaking) for wnd in windows])
-        mouth = self.driver.step([s.mouth for s in ss], samples, past, speaking)
-        drives = np.zeros((b, N_BASES))
-        poses = np.zeros((b, 3))
-        breath = np.zeros(b)
-        for i, s in enumerate(ss):
-            k = s.frame_index
-            blink = self._blink(s.motion, k)
-            poses[i] = self._head(s.motion, bool(speaking[i]), mouth[i].jaw)
-            t = k / self.fps
-            breath[i] = self.config.breathing * _BREATH_SCALE * math.sin(
-                2.0 * math.pi * s.motion.breath_hz * t + s.motion.breath_phase
-            )
-            # Pressed lips win over the jaw (the release of an m or b opens it again).
-            drives[i, BASIS_JAW] = mouth[i].jaw * (1.0 - mouth[i].press) * self.config.mouth_open_max
-            drives[i, BASIS_WIDTH] = mouth[i].width
-            drives[i, BASIS_ROUND] = mouth[i].rounding
-            drives[i, BASIS_PRESS] = mouth[i].press
-            drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
-
         # 2. Control-point targets and the backward thin-plate spline.
-        batch = self._batch(ss)
         rest, bases = batch.rest, batch.bases  # (B, N, 2), (B, K, N, 2)
-        drive_t = self._f32(drives)
         targets = rest + torch.einsum("bk,bknc->bnc", drive_t, bases)
         weights = solve_backward_tps(targets, rest, float(w_px))
 
@@ -365,7 +391,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
 
         # 4. Head motion under the face-and-hair mask, breathing below it (coarse grid).
         affine = np.zeros((b, 2, 3))  # forward head transform, pixels: x' = A x + c
-        for i, s in enumerate(ss):
+        for i, s in enumerate(batch.streams):
             g = s.rig.geometry
             pitch, yaw, roll = np.radians(poses[i])
             rot = np.array([[math.cos(roll), -math.sin(roll)], [math.sin(roll), math.cos(roll)]])
@@ -394,29 +420,55 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         )
         local = F.grid_sample(field_roi, roi_norm, mode="bilinear", padding_mode="zeros", align_corners=True)
         src = src + local.permute(0, 2, 3, 1)
-        # (B, 2, h, w) in grid_sample's normalised units (the upsampling is linear: scale first)
-        disp_low = ((src - low) * self._f32([2.0 / w_px, 2.0 / h_px])).permute(0, 3, 1, 2)
+        # (B, 2, h, w) in grid_sample's normalised units (the upsampling is linear: scale first); held
+        # at the frame's edges, so a head cut by the frame never reads past it (repeated edge pixels).
+        disp_low = ((src - low) * self._edge_hold * self._f32([2.0 / w_px, 2.0 / h_px])).permute(0, 3, 1, 2)
         disp_full = F.interpolate(disp_low, size=(h_px, w_px), mode="bilinear", align_corners=False)
         grid = disp_full.permute(0, 2, 3, 1) + self._identity
+        return grid, fwd, targets
+
+    def _generate(
+        self, streams: Sequence[WarpStream], windows: Sequence[AudioWindow]
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        ss = list(streams)
+        b = len(ss)
+
+        # 1. Drive values (numpy; causal per-stream state).
+        past = windows[0].past_samples
+        samples = np.stack([np.asarray(wnd.samples, dtype=np.float32) for wnd in windows])
+        if any(wnd.past_samples != past for wnd in windows):
+            raise GeneratorError("all audio windows of one step must have the same layout")
+        speaking = np.array([bool(wnd.speaking) for wnd in windows])
+        mouth = self.driver.step([s.mouth for s in ss], samples, past, speaking)
+        drives = np.zeros((b, N_BASES))
+        poses = np.zeros((b, 3))
+        breath = np.zeros(b)
+        for i, s in enumerate(ss):
+            k = s.frame_index
+            blink = self._blink(s.motion, k)
+            poses[i] = self._head(s.motion, bool(speaking[i]), mouth[i].jaw)
+            t = k / self.fps
+            breath[i] = self.config.breathing * _BREATH_SCALE * math.sin(
+                2.0 * math.pi * s.motion.breath_hz * t + s.motion.breath_phase
+            )
+            # Pressed lips win over the jaw (the release of an m or b opens it again).
+            drives[i, BASIS_JAW] = mouth[i].jaw * (1.0 - mouth[i].press) * self.config.mouth_open_max
+            drives[i, BASIS_WIDTH] = mouth[i].width
+            drives[i, BASIS_ROUND] = mouth[i].rounding
+            drives[i, BASIS_PRESS] = mouth[i].press
+            drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
+
+        # 2.-5. Where each output pixel reads the portrait.
+        batch = self._batch(ss)
+        drive_t = self._f32(drives)
+        grid, fwd, targets = self._sampling_grid(batch, drive_t, poses, breath)
         images = batch.images
         frames = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
         # 6. The inside of the mouth, at the inner lips' target positions moved with the head.
         inner = targets[:, 60:68]
         inner = torch.einsum("bij,bnj->bni", fwd[:, :, :2], inner) + fwd[:, None, :, 2]
-        frames = paint_mouth(
-            frames,
-            inner,
-            batch.rest_gap,
-            batch.mouth_width,
-            batch.teeth_rgb,
-            batch.box_origins,
-            batch.box_size,
-            images,
-            batch.rest_inner,
-            batch.real_teeth,
-            drive_t[:, BASIS_PRESS],
-        )
+        frames = paint_mouth(frames, inner, drive_t[:, BASIS_PRESS], batch.mouth)
 
         out = []
         for i, s in enumerate(ss):

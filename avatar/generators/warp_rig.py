@@ -10,12 +10,20 @@ one `torch.linalg.solve` of about 90 points. It is evaluated on a coarse grid ov
 interest around the face and faded out to zero at an ellipse around the face, so the background
 never moves because of it.
 
+The rig follows the head's pose as the landmarks show it: the turn (yaw) is estimated from where
+the nose tip lies between the jaw's ends, and a turned face's far mouth corner travels less
+sideways than the near one; the face ellipse grows to hold the whole jaw line. No drive may fold the
+warp (tearing): each basis is scaled down, once per portrait, where its full travel would
+(`limit_bases`).
+
 Coordinates: pixels (x, y) of the output image, pixel centres at integers. The spline works in
 units of the output width so that it behaves the same at every output size.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +75,8 @@ class RigGeometry:
     centre: np.ndarray  # (2,) centre of the face ellipse
     axes: np.ndarray  # (2,) semi-axes of the face ellipse along (right, down)
     chin: np.ndarray  # (2,)
+    yaw_rad: float  # head turn estimated from the landmarks, > 0 when the face turns to image right
+    side_scale: np.ndarray  # (2,) how far the (left, right) mouth corner moves sideways, frontal = 1
 
 
 @dataclass
@@ -78,6 +88,41 @@ class Rig:
     bases: torch.Tensor  # (K, N, 2) displacement in pixels per unit of each drive value
     roi_origin: torch.Tensor  # (2,) pixel position of the region-of-interest grid's first point
     fade: torch.Tensor  # (h_roi, w_roi) 1 near the face, 0 at the ellipse of FADE_SCALE
+    travel: np.ndarray  # (K,) share of each drive's designed travel this portrait allows (no folds)
+
+
+# Head pose from the landmarks. The jaw contour's ends (0, 16) lie on the head's silhouette, whose
+# middle is the head's vertical axis whatever the turn; the nose tip stands ahead of the face by
+# about _NOSE_DEPTH of its half width, so it shifts from that middle by (1 + depth) sin(yaw) half
+# widths. The mouth corners sit about _CORNER_AZIMUTH_RAD around the head from its front: a sideways
+# motion of a corner is seen foreshortened by cos(azimuth + yaw) against cos(azimuth) when frontal.
+_NOSE_DEPTH = 0.4
+_JAW_INSIDE_RHO = 0.8  # the jaw line lies inside this share of the face ellipse
+_MAX_YAW_RAD = math.radians(45.0)
+_CORNER_AZIMUTH_RAD = math.radians(40.0)
+
+
+def estimate_yaw(landmarks: np.ndarray) -> float:
+    """The head's turn in radians from its 68 landmarks (> 0: the face turns to image right)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    axis = lm[16] - lm[0]
+    half = 0.5 * float(np.linalg.norm(axis))
+    if half < 1e-6:
+        return 0.0
+    middle = 0.5 * (lm[0] + lm[16])
+    offset = float((lm[30] - middle) @ (axis / (2.0 * half))) / half
+    yaw = math.asin(float(np.clip(offset / (1.0 + _NOSE_DEPTH), -1.0, 1.0)))
+    return float(np.clip(yaw, -_MAX_YAW_RAD, _MAX_YAW_RAD))
+
+
+def corner_side_scale(yaw_rad: float) -> np.ndarray:
+    """(left, right): the sideways travel of each mouth corner in the image, per unit of the mouth's
+    measured (already foreshortened) width: 1 each for a frontal face. The far side's corner goes
+    round the head, so its travel is compressed and the near one's stretched; they average 1."""
+    # Corners at azimuth -a (image left) and +a; a turn by yaw moves both by yaw. A sideways motion
+    # is seen as cos(azimuth), the measured width as cos(yaw) of the frontal one.
+    a = _CORNER_AZIMUTH_RAD
+    return np.array([1.0 + math.tan(a) * math.tan(yaw_rad), 1.0 - math.tan(a) * math.tan(yaw_rad)])
 
 
 def rig_geometry(landmarks: np.ndarray) -> RigGeometry:
@@ -86,6 +131,7 @@ def rig_geometry(landmarks: np.ndarray) -> RigGeometry:
     right = np.array([-down[1], down[0]])
     if right[0] < 0:
         right = -right
+    yaw = estimate_yaw(lm)
     face_width = float(np.linalg.norm(lm[16] - lm[0]))
     face_height = float(np.linalg.norm(lm[8] - lm[27]))
     mouth_width = float(np.linalg.norm(lm[54] - lm[48]))
@@ -97,9 +143,15 @@ def rig_geometry(landmarks: np.ndarray) -> RigGeometry:
     mid_down = (top + float(chin)) / 2.0
     centre = mid_right * right + mid_down * down
     axes = np.array([0.5 * face_width * 1.22, 0.5 * (float(chin) - top) * 1.3])
+    # A turned face's chin lies off the jaw ends' middle: grow the ellipse until the chin and the
+    # jaw beside it lie well inside, so the fixed ring never sits just below a moving chin.
+    rel = lm[6:11] - centre
+    rho = np.sqrt(((rel @ right) / axes[0]) ** 2 + ((rel @ down) / axes[1]) ** 2)
+    axes = axes * max(1.0, float(rho.max()) / _JAW_INSIDE_RHO)
     return RigGeometry(
         down=down, right=right, face_width=face_width, face_height=face_height,
         mouth_width=mouth_width, centre=centre, axes=axes, chin=lm[8].copy(),
+        yaw_rad=yaw, side_scale=corner_side_scale(yaw),
     )
 
 
@@ -124,6 +176,10 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
     lm = landmarks.astype(np.float64)
     bases = np.zeros((N_BASES, N_POINTS, 2))
     down, right, mw = g.down, g.right, g.mouth_width
+
+    def sideways(side: int) -> np.ndarray:
+        """Unit sideways displacement of one side (-1 image left, +1 right), foreshortened by the turn."""
+        return side * float(g.side_scale[0 if side < 0 else 1]) * right
     open_px = 0.10 * g.face_height  # chin drop at jaw = 1
 
     # Jaw: chin, lower jaw line and lower lip drop; falls off towards the ears.
@@ -137,13 +193,13 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
             bases[BASIS_JAW, i] += w * open_px * down
     # The mouth narrows a little as it opens.
     for i, side in ((48, -1), (60, -1), (54, 1), (64, 1)):
-        bases[BASIS_JAW, i] -= side * 0.05 * mw * right
+        bases[BASIS_JAW, i] -= 0.05 * mw * sideways(side)
 
     # Width (spread, "ee"): corners out, the lips stretch and thin a little.
     for i, side, w in ((48, -1, 0.08), (60, -1, 0.08), (54, 1, 0.08), (64, 1, 0.08),
                        (49, -1, 0.04), (59, -1, 0.04), (53, 1, 0.04), (55, 1, 0.04),
                        (61, -1, 0.03), (67, -1, 0.03), (63, 1, 0.03), (65, 1, 0.03)):
-        bases[BASIS_WIDTH, i] += side * w * mw * right
+        bases[BASIS_WIDTH, i] += w * mw * sideways(side)
     for i in (50, 51, 52):
         bases[BASIS_WIDTH, i] += 0.012 * mw * down
     for i in (56, 57, 58):
@@ -154,7 +210,7 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
                        (49, -1, 0.09), (59, -1, 0.09), (53, 1, 0.09), (55, 1, 0.09),
                        (61, -1, 0.08), (67, -1, 0.08), (63, 1, 0.08), (65, 1, 0.08),
                        (50, -1, 0.03), (58, -1, 0.03), (52, 1, 0.03), (56, 1, 0.03)):
-        bases[BASIS_ROUND, i] -= side * w * mw * right
+        bases[BASIS_ROUND, i] -= w * mw * sideways(side)
     for i in (48, 54, 60, 64):  # the corners drop out of a smile into a round "o"
         bases[BASIS_ROUND, i] += 0.07 * mw * down
     for i in (50, 51, 52):
@@ -188,6 +244,82 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
     return bases
 
 
+# The warp must never fold (a fold mirrors the picture: tearing). Each drive's basis is scaled down,
+# once per portrait, until its full travel keeps the backward map's area ratio (Jacobian
+# determinant) above _MIN_AREA_RATIO everywhere it moves; close-set features (a narrow, turned eye;
+# lips parted wide at rest) then move a little less instead of tearing. The drives that combine
+# (jaw with width or rounding) are checked together too.
+_MIN_AREA_RATIO = 0.15
+_MIN_AREA_RATIO_BLINK = 0.02  # a blink lasts a few frames: it may squeeze harder, never fold
+_LIMIT_FLOOR = 0.1  # the least travel a basis keeps (a bad landmark fit all but freezes)
+_LIMIT_HALVINGS = 5  # bisection steps of the search for the largest safe travel
+_GUARD_SAMPLES = 96  # sample points across the region a basis moves, each way
+
+
+def _min_area_ratio(rest: np.ndarray, moved: np.ndarray, box: tuple[np.ndarray, np.ndarray], scale: float) -> float:
+    """The smallest Jacobian determinant of the backward spline (targets `moved` -> `rest`) over `box`."""
+    low, high = box
+    xs = np.linspace(low[0], high[0], _GUARD_SAMPLES)
+    ys = np.linspace(low[1], high[1], _GUARD_SAMPLES)
+    gx, gy = np.meshgrid(xs, ys)
+    points = torch.as_tensor(np.stack([gx, gy], -1).reshape(1, -1, 2), dtype=torch.float64)
+    targets = torch.as_tensor(moved[None], dtype=torch.float64)
+    weights = solve_backward_tps(targets, torch.as_tensor(rest[None], dtype=torch.float64), scale)
+    source = (points + eval_tps(weights, targets, points, scale)).reshape(_GUARD_SAMPLES, _GUARD_SAMPLES, 2).numpy()
+    step_x, step_y = xs[1] - xs[0], ys[1] - ys[0]
+    d_dx = np.diff(source, axis=1)[:-1] / step_x  # (n-1, n-1, 2)
+    d_dy = np.diff(source, axis=0)[:, :-1] / step_y
+    return float((d_dx[..., 0] * d_dy[..., 1] - d_dx[..., 1] * d_dy[..., 0]).min())
+
+
+def limit_bases(rest: np.ndarray, bases: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(bases scaled so that no drive at full travel folds the warp, the scale of each basis).
+
+    About 0.1-0.3 s on one CPU core; remembered for the last few portraits (a built-in portrait's
+    sessions all share its rig)."""
+    limits = _travel_limits(rest.tobytes(), bases.tobytes(), bases.shape, scale)
+    return bases * limits[:, None, None], limits
+
+
+@functools.lru_cache(maxsize=16)
+def _travel_limits(rest_bytes: bytes, bases_bytes: bytes, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    rest = np.frombuffer(rest_bytes, dtype=np.float64).reshape(shape[1], 2).copy()
+    bases = np.frombuffer(bases_bytes, dtype=np.float64).reshape(shape).copy()
+    limits = np.ones(len(bases))
+
+    def region(moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pts = rest[np.linalg.norm(moving, axis=-1) > 1e-9]
+        pad = 0.5 * float(np.ptp(pts, axis=0).max()) + 2.0
+        return pts.min(axis=0) - pad, pts.max(axis=0) + pad
+
+    def safe(combo: list[int], t: float) -> bool:
+        signs = (1.0, -1.0) if BASIS_WIDTH in combo else (1.0,)  # the width drive also narrows (< 0)
+        for sign in signs:
+            moving = t * sum(limits[k] * bases[k] * (sign if k == BASIS_WIDTH else 1.0) for k in combo)
+            if np.any(np.linalg.norm(moving, axis=-1) > 1e-9):
+                floor = _MIN_AREA_RATIO_BLINK if set(combo) <= {BASIS_BLINK_L, BASIS_BLINK_R} else _MIN_AREA_RATIO
+                if _min_area_ratio(rest, rest + moving, region(moving), scale) < floor:
+                    return False
+        return True
+
+    def largest(combo: list[int]) -> float:
+        if safe(combo, 1.0):
+            return 1.0
+        low, high = _LIMIT_FLOOR, 1.0
+        for _ in range(_LIMIT_HALVINGS):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if safe(combo, middle) else (low, middle)
+        return low
+
+    for k in range(len(bases)):
+        limits[k] *= largest([k])
+    for combo in ([BASIS_JAW, BASIS_WIDTH], [BASIS_JAW, BASIS_ROUND]):
+        t = largest(combo)
+        limits[combo] *= t
+    limits.setflags(write=False)
+    return limits
+
+
 def roi_size(width: int, height: int, field_scale: int) -> tuple[int, int]:
     """(w, h) of the coarse region-of-interest grid; fixed per output size so streams batch."""
     return (
@@ -201,7 +333,7 @@ def build_rig(
 ) -> Rig:
     g = rig_geometry(landmarks)
     rest = rest_points(landmarks, g)
-    bases = drive_bases(landmarks, g)
+    bases, limits = limit_bases(rest, drive_bases(landmarks, g), float(width))
     w_roi, h_roi = roi_size(width, height, field_scale)
     # Centre the region on the face ellipse, keep it inside the image.
     cx, cy = g.centre
@@ -224,6 +356,7 @@ def build_rig(
         bases=torch.as_tensor(np.asarray(bases, dtype=np.float32), device=device),
         roi_origin=torch.as_tensor(np.asarray(origin, dtype=np.float32), device=device),
         fade=torch.as_tensor(np.asarray(fade, dtype=np.float32), device=device),
+        travel=limits,
     )
 
 
