@@ -34,6 +34,9 @@ def _add_generator_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", choices=["warp", "tgan"], help="override generator.name")
     parser.add_argument("--checkpoint", type=Path, help="override generator.checkpoint (a tgan checkpoint)")
     parser.add_argument("--device", help="override generator.device: auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--size", type=int, metavar="PX", help="square output of PX x PX pixels (overrides video.width_px, height_px)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +126,9 @@ def _generator_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace, **sections: dict[str, Any]) -> AppConfig:
+    size = getattr(args, "size", None)
+    if size is not None:
+        sections = {**sections, "video": {**sections.get("video", {}), "width_px": size, "height_px": size}}
     return with_overrides(load_config(args.config), generator=_generator_overrides(args), **sections)
 
 
