@@ -8,7 +8,10 @@ content, never by the name; files over `portrait.max_bytes` and images over `por
 refused before any pixel is decoded.
 
 Face and landmarks are found offline with dlib: its HOG frontal-face detector, then the 68-point shape
-predictor shipped by the package `face-recognition-models`. Both are loaded once per process.
+predictor shipped by the package `face-recognition-models`. Both are loaded once per process. The
+face found must then pass `avatar.face_check` (dlib's CNN human-face detector, run on a small crop
+around the landmarks): a dog's or cat's face, which the HOG detector can take for a face, is refused
+with "no human face found in this image". Landmarks given by the user skip that check.
 
 Licence of the landmark model: `shape_predictor_68_face_landmarks.dat` was trained on the iBUG 300-W
 data set, whose licence excludes commercial use. For commercial use, do not rely on it: give the 68
@@ -52,6 +55,7 @@ _ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")
 _DETECT_MAX_SIDE = 800  # faces are searched on a copy at most this large (speed); landmarks at full size
 _MAX_LANDMARKS_JSON_BYTES = 1_000_000
 _RELATIVE_SCORE = 0.5  # faces scoring under this share of the best detection are ignored
+_MAX_FACES_CHECKED = 3  # the largest faces, in turn, that the human-face check may refuse (~0.4 s each)
 _NO_FACE = (
     "no face found in the image: use a photo or painting of one person looking roughly at the camera, "
     "with the face clearly visible"
@@ -225,7 +229,7 @@ def detect_faces(rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float
 def detect_landmarks(rgb: np.ndarray) -> np.ndarray:
     """The 68 landmarks (float64 (68, 2), x y in pixels of `rgb`) of the largest face.
 
-    PortraitError when there is no face.
+    PortraitError when there is no face, or when the face found is not a human one (`face_check`).
     """
     faces = detect_faces(rgb)
     if not faces:
@@ -234,7 +238,21 @@ def detect_landmarks(rgb: np.ndarray) -> np.ndarray:
     # about the same size as a real one (seen on a shirt collar), which must not win on size alone.
     best_score = max(score for _, score in faces)
     confident = [face for face in faces if face[1] >= _RELATIVE_SCORE * best_score]
-    (left, top, right, bottom), _ = max(confident, key=lambda face: (_area(face[0]), face[1]))
+    ranked = sorted(confident, key=lambda face: (_area(face[0]), face[1]), reverse=True)
+    # A false face (a dog beside its owner) may be the largest: the next ones get their turn.
+    from avatar.face_check import NOT_HUMAN, is_human_face
+
+    for box, _ in ranked[:_MAX_FACES_CHECKED]:
+        points = fit_landmarks(rgb, box)
+        if is_human_face(rgb, points):
+            return points
+    raise PortraitError(NOT_HUMAN)
+
+
+def fit_landmarks(rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The shape predictor's 68 landmarks (float64 (68, 2)) for the face in `box` (left, top, right,
+    bottom in pixels of `rgb`). It fits 68 points to whatever the box holds: nothing is checked."""
+    left, top, right, bottom = box
     # The predictor only looks near the face: run it on a margin around the box (cheap on huge images).
     height, width = rgb.shape[:2]
     margin = 0.5 * max(right - left, bottom - top)
