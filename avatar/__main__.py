@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="override generator.device")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    visemes = commands.add_parser(
+        "train-visemes", help="train the viseme model on speech made with espeak-ng (the shipped weights)"
+    )
+    _add_common(visemes)
+    visemes.add_argument("-o", "--output", type=Path, default=None, help="weights file (default: the shipped one)")
+    visemes.add_argument("--utterances", type=int, default=1000, help="sentences to make and learn from")
+    visemes.add_argument("--epochs", type=int, default=10)
+    visemes.add_argument("--seed", type=int, default=1)
+
     evaluate = commands.add_parser("eval", help="metrics of a tgan checkpoint on held-out clips")
     _add_common(evaluate)
     evaluate.add_argument("checkpoint", type=Path)
@@ -232,6 +241,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_visemes(args: argparse.Namespace) -> int:
+    import torch
+
+    from avatar.drive.viseme_model import WEIGHTS_PATH
+    from avatar.drive.viseme_training import train_visemes
+
+    torch.set_num_threads(1)  # the same weights on every machine (and no spinning threads)
+    output = args.output or WEIGHTS_PATH
+    metrics = train_visemes(output, utterances=args.utterances, seed=args.seed, epochs=args.epochs, progress=print)
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     """One JSON object per file, in order; a file that cannot be read gets {"file", "error"} and
     makes the exit status 2, after the other files were still checked."""
@@ -262,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     handlers = {
         "serve": _serve, "render": _render, "camera": _camera, "train": _train, "eval": _eval, "verify": _verify,
+        "train-visemes": _train_visemes,
     }
     try:
         return handlers[args.command](args)

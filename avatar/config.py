@@ -130,8 +130,14 @@ class WarpConfig:
     breathing: float = 1.0
     mouth_open_max: float = 1.0
     field_scale: int = 4
+    mouth_shapes: str = "spectral"
 
     def __post_init__(self) -> None:
+        _check(
+            self.mouth_shapes in ("spectral", "visemes"),
+            "warp.mouth_shapes",
+            'must be "spectral" (band-energy rules) or "visemes" (the learned model)',
+        )
         _check(0.0 < self.attack_s <= 1.0, "warp.attack_s", "must be in (0, 1] s")
         _check(0.0 < self.release_s <= 2.0, "warp.release_s", "must be in (0, 2] s")
         _check(0.5 <= self.blink_mean_interval_s <= 60.0, "warp.blink_mean_interval_s", "must be in 0.5..60 s")

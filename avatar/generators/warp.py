@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar.config import VideoConfig, WarpConfig
+from avatar.drive.viseme_model import VisemeModel
 from avatar.errors import GeneratorError
 from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.generators.warp_drive import MouthDriver, MouthDriveState
@@ -144,7 +145,8 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         self.low_w = -(-self.width_px // self.field_scale)
         self.low_h = -(-self.height_px // self.field_scale)
         self.roi_w, self.roi_h = roi_size(self.width_px, self.height_px, self.field_scale)
-        self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s)
+        visemes = VisemeModel.load() if warp.mouth_shapes == "visemes" else None
+        self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s, visemes)
         fs = self.field_scale
         # Coarse grid: pixel centres of each field_scale x field_scale cell, in output pixels.
         ys = torch.arange(self.low_h, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.config import SAMPLE_RATE_HZ
+from avatar.drive.viseme_model import VisemeModel
+from avatar.drive.visemes import CLOSED, LIP_TEETH, ROUND, SPREAD
 from avatar.generators.warp_rig import smoothstep
 
 _FFT_SIZE = 512  # 32 ms at 16 kHz
@@ -85,7 +87,8 @@ def _alpha(dt: float, tau: float) -> float:
 class MouthDriver:
     """Turns batches of audio windows into mouth drive values, advancing each stream's state."""
 
-    def __init__(self, fps: int, attack_s: float, release_s: float) -> None:
+    def __init__(self, fps: int, attack_s: float, release_s: float, visemes: VisemeModel | None = None) -> None:
+        self.visemes = visemes  # the learned mouth shapes; None: the band-energy rules below
         self.dt = 1.0 / fps
         self.a_attack = _alpha(self.dt, attack_s)
         self.a_release = _alpha(self.dt, release_s)
@@ -123,6 +126,15 @@ class MouthDriver:
         shares = 10.0 * np.log10(energy[:, 1:] / energy[:, :1])  # (B, 4) dB relative to the total
         return loud, shares
 
+    def _learned_shapes(self, samples: np.ndarray, past: int) -> tuple[np.ndarray, ...]:
+        """(openness, spread, rounding, closure), each (B,) in 0..1, from the viseme model."""
+        assert self.visemes is not None
+        prediction = self.visemes.predict(samples, past)
+        p = prediction.probabilities
+        openness = np.clip(prediction.jaw / 0.9, 0.0, 1.0)
+        closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
+        return openness, p[:, SPREAD], p[:, ROUND] * (1.0 - closure), closure
+
     # ---- one step for many streams ---------------------------------------------------------
     def step(
         self, states: Sequence[MouthDriveState], samples: np.ndarray, past: int, speaking: np.ndarray
@@ -149,12 +161,15 @@ class MouthDriver:
         # so syllables inside a loud stretch still move the jaw.
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
-        # Vowel shape from band shares (dB of the 100-5000 Hz energy).
-        openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
-        spread = smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
-        low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
-        closure = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
-        round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
+        if self.visemes is not None:
+            openness, spread, round_target, closure = self._learned_shapes(samples, past)
+        else:
+            # Vowel shape from band shares (dB of the 100-5000 Hz energy).
+            openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
+            spread = smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
+            low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
+            closure = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
+            round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
 
         gate = active.astype(np.float64)
         jaw_target = gate * loudness * (0.35 + 0.65 * openness) * (1.0 - 0.9 * closure) * (1.0 - 0.35 * round_target)

@@ -1,0 +1,151 @@
+"""A small causal audio-to-viseme model: one frame's audio window -> viseme probabilities and jaw.
+
+Each video frame's audio window (avatar.windows: `window_s` of past audio and `lookahead_s` of
+future audio, 16 kHz) is enough on its own: the model looks at the last `CONTEXT_S` of it, so it
+keeps no state between frames and batches over streams as one array. It predicts the mouth shape
+at the frame's own time, `lookahead_s` before the window's end.
+
+Features: log mel energies (25 ms frames every 10 ms, `N_MELS` bands from 60 Hz to 7.6 kHz), minus
+their mean over the window (a microphone's gain and colour drop out), and each frame's level in dB
+against the window's loudest (silence stays silence). The network: three small 1-D convolutions
+over time, then two dense layers; about 35 k weights, stored as float16 (~70 KB) in
+`avatar/drive/weights/visemes.pt`, which `avatar train-visemes` makes from espeak-ng speech
+(avatar.drive.viseme_training).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from avatar.config import SAMPLE_RATE_HZ
+from avatar.drive.visemes import VISEMES
+
+N_MELS = 40
+FRAME_SAMPLES = 400  # 25 ms
+HOP_SAMPLES = 160  # 10 ms
+FFT_SIZE = 512
+CONTEXT_S = 0.24  # the part of each window the model reads (its end)
+CONTEXT_SAMPLES = round(CONTEXT_S * SAMPLE_RATE_HZ)
+N_FRAMES = 1 + (CONTEXT_SAMPLES - FRAME_SAMPLES) // HOP_SAMPLES  # 22
+_LEVEL_FLOOR_DB = -60.0
+WEIGHTS_PATH = Path(__file__).with_name("weights") / "visemes.pt"
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_matrix() -> np.ndarray:
+    """(N_MELS, FFT_SIZE // 2 + 1) triangular mel filters, 60 Hz .. 7.6 kHz."""
+
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+    edges = to_hz(np.linspace(to_mel(np.array(60.0)), to_mel(np.array(7600.0)), N_MELS + 2))
+    bins = np.fft.rfftfreq(FFT_SIZE, 1.0 / SAMPLE_RATE_HZ)
+    filters = np.zeros((N_MELS, len(bins)))
+    for m in range(N_MELS):
+        low, centre, high = edges[m], edges[m + 1], edges[m + 2]
+        rising = (bins - low) / (centre - low)
+        falling = (high - bins) / (high - centre)
+        filters[m] = np.clip(np.minimum(rising, falling), 0.0, None)
+    return filters.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _frame_window() -> np.ndarray:
+    return np.hanning(FRAME_SAMPLES).astype(np.float32)
+
+
+def window_features(windows: np.ndarray) -> np.ndarray:
+    """(B, T >= CONTEXT_SAMPLES) audio windows, float in [-1, 1] or int16 -> (B, N_MELS + 1, N_FRAMES)."""
+    audio = np.asarray(windows)
+    if audio.dtype == np.int16:
+        audio = audio.astype(np.float32) / 32768.0
+    audio = np.asarray(audio[:, -CONTEXT_SAMPLES:], dtype=np.float32)
+    if audio.shape[1] < CONTEXT_SAMPLES:
+        audio = np.pad(audio, ((0, 0), (CONTEXT_SAMPLES - audio.shape[1], 0)))
+    starts = HOP_SAMPLES * np.arange(N_FRAMES)
+    frames = audio[:, starts[:, None] + np.arange(FRAME_SAMPLES)[None, :]] * _frame_window()  # (B, F, 400)
+    power = np.abs(np.fft.rfft(frames, n=FFT_SIZE, axis=-1)) ** 2  # (B, F, 257)
+    mel = np.log(power @ _mel_matrix().T + 1e-8)  # (B, F, M)
+    level_db = 10.0 * np.log10(np.mean(frames * frames, axis=-1) + 1e-10)  # (B, F)
+    relative = np.maximum(level_db - level_db.max(axis=1, keepdims=True), _LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB
+    absolute = np.clip((level_db - _LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB, 0.0, 1.0)
+    shape = mel - mel.mean(axis=(1, 2), keepdims=True)
+    # Quiet frames carry no shape: their spectrum fades out with their level (noise is not a vowel).
+    shape = shape * absolute[:, :, None]
+    features = np.concatenate([shape / 4.0, (relative + 1.0)[:, :, None]], axis=2)
+    return np.ascontiguousarray(features.transpose(0, 2, 1), dtype=np.float32)
+
+
+class VisemeNet(nn.Module):
+    """Features (B, N_MELS + 1, N_FRAMES) -> (viseme logits (B, len(VISEMES)), jaw (B,) in 0..1)."""
+
+    def __init__(self, channels: int = 48, hidden: int = 64) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv1d(N_MELS + 1, channels, 3),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2),
+            nn.ReLU(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, N_MELS + 1, N_FRAMES)).numel()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, len(VISEMES) + 1))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.convs(features))
+        return out[:, : len(VISEMES)], torch.sigmoid(out[:, len(VISEMES)])
+
+
+@dataclass(frozen=True)
+class VisemePrediction:
+    """One step's prediction for a batch of windows."""
+
+    probabilities: np.ndarray  # (B, len(VISEMES)), rows sum to 1
+    jaw: np.ndarray  # (B,) 0 closed .. 1 as wide as speech goes
+
+
+class VisemeModel:
+    """The shipped (or a given) model, on the CPU, ready to predict batches of windows."""
+
+    def __init__(self, net: VisemeNet, lookahead_s: float) -> None:
+        self.net = net.eval()
+        self.lookahead_s = lookahead_s
+
+    @classmethod
+    def load(cls, path: Path = WEIGHTS_PATH) -> VisemeModel:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = VisemeNet(int(saved["channels"]), int(saved["hidden"]))
+        net.load_state_dict({k: v.float() for k, v in saved["state"].items()})
+        return cls(net, float(saved["lookahead_s"]))
+
+    def predict(self, windows: np.ndarray, past_samples: int) -> VisemePrediction:
+        """Windows (B, past_samples + lookahead) -> the mouth at each window's frame time.
+
+        The model was trained for a lookahead of `self.lookahead_s`; a window with more is cut at
+        that much after the frame time, one with less is padded with its last samples' silence."""
+        audio = np.asarray(windows)
+        end = past_samples + round(self.lookahead_s * SAMPLE_RATE_HZ)
+        if audio.shape[1] >= end:
+            audio = audio[:, :end]
+        else:
+            audio = np.pad(audio, ((0, 0), (0, end - audio.shape[1])))
+        features = torch.from_numpy(window_features(audio))
+        with torch.no_grad():
+            logits, jaw = self.net(features)
+        return VisemePrediction(torch.softmax(logits, dim=1).numpy(), jaw.numpy())
+
+
+def parameter_count(net: nn.Module) -> int:
+    return int(sum(math.prod(p.shape) for p in net.parameters()))
