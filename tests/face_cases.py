@@ -46,7 +46,8 @@ class Case:
 
 
 def astronaut_cases() -> dict[str, np.ndarray]:
-    """The astronaut as shipped, cropped and tilted: the same list as tests/test_framing.py's."""
+    """The astronaut as shipped, cropped (the face near each edge, filling the frame, tiny) and tilted:
+    the portraits of the framing and face-check tests."""
     import skimage.data as data
 
     a = data.astronaut()

@@ -21,28 +21,11 @@ from avatar.errors import PortraitError
 from avatar.generators.warp import WarpAnimator
 from avatar.portrait import Portrait, load_portrait
 from avatar.windows import iter_clip_windows
+from tests.face_cases import astronaut_cases
 from tests.framing_check import streak_runs
 
 PORTRAIT = PortraitConfig()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
-
-
-def _astronaut_cases() -> dict[str, np.ndarray]:
-    a = data.astronaut()
-    bicubic = Image.Resampling.BICUBIC
-    return {
-        "as shipped": a,
-        "tight head": a[60:330, 160:400],
-        "head cut at the top": a[90:400, 100:420],
-        "face at the left edge": a[:, 170:],
-        "face at the right edge": a[:, :330],
-        "bust ending at the chest": a[20:260, 120:420],
-        "chin at the bottom": a[0:250, 100:420],
-        "face only": a[90:250, 180:340],
-        "tiny (96 px)": np.asarray(Image.fromarray(a[40:360, 110:430]).resize((96, 96), bicubic)),
-        "tilted 18 degrees": np.asarray(Image.fromarray(a).rotate(18, resample=bicubic, fillcolor=(120, 120, 120))),
-        "tilted, tight": np.asarray(Image.fromarray(a[40:380, 120:440]).rotate(-15, bicubic, expand=True)),
-    }  # fmt: skip
 
 
 def _lfw_cases() -> dict[str, np.ndarray]:
@@ -60,7 +43,7 @@ def _png(rgb: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-CASES = {**_astronaut_cases(), **_lfw_cases()}
+CASES = {**astronaut_cases(), **_lfw_cases()}
 
 
 def _framing_within_limits(p: Portrait, size: int) -> None:
@@ -87,7 +70,7 @@ def loaded() -> dict[tuple[str, int], Portrait]:
 
 
 def test_every_portrait_is_framed_without_streaks(loaded: dict[tuple[str, int], Portrait]) -> None:
-    astronauts = [name for name in _astronaut_cases()]
+    astronauts = [name for name in astronaut_cases()]
     assert all((name, size) in loaded for name in astronauts for size in (256, 512)), sorted(loaded)
     assert sum(1 for name, _ in loaded if name.startswith("lfw")) >= 4, "too few LFW faces found to judge"
     for (name, size), p in loaded.items():
