@@ -117,14 +117,20 @@ def test_a_render_re_encoded_at_half_size_and_300_kbps_is_still_synthetic(render
 
 
 def test_a_tampered_render_keeps_its_watermark_and_loses_valid_credentials(render: Path, tmp_path: Path) -> None:
-    data = bytearray(render.read_bytes())
-    box = data.find(b"mdat") - 4  # the media data: 4 bytes of size, then "mdat"
-    size = int.from_bytes(data[box : box + 4], "big")
-    at = box + int(size * 0.9)  # near its end: the frames before still decode
-    data[at : at + 16] = bytes(16)
-    tampered = tmp_path / "tampered.mp4"
-    tampered.write_bytes(bytes(data))
-    status, [report] = verify(tampered)
+    original = bytes(render.read_bytes())
+    box = original.find(b"mdat") - 4  # the media data: 4 bytes of size, then "mdat"
+    size = int.from_bytes(original[box : box + 4], "big")
+    # 16 bytes zeroed near the media data's end, where the frames before still decode (where the
+    # zeros land depends on the frames: the first place whose file stays readable is used).
+    for share in (0.9, 0.95, 0.85, 0.97, 0.8):
+        data = bytearray(original)
+        at = box + int(size * share)
+        data[at : at + 16] = bytes(16)
+        tampered = tmp_path / f"tampered_{share}.mp4"
+        tampered.write_bytes(bytes(data))
+        status, [report] = verify(tampered)
+        if status == 0:
+            break
     assert status == 0
     assert report["c2pa"]["present"] and not report["c2pa"]["valid"]
     assert report["synthetic"] is True  # the pixels still carry the watermark

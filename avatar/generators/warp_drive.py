@@ -54,6 +54,11 @@ _LEVEL_UP_S = 0.15  # the level rises this fast towards louder frames
 _LEVEL_DOWN_S = 1.5  # and falls this slowly while speech goes on
 _SHAPE_S = 0.06  # smoothing of lip width and rounding
 _EPS = 1e-10
+# With the learned visemes: the share of the jaw's opening that loudness alone sets, and how far the
+# lips spread or round at a certain class (bench/real_speech_sync.py chose them: fuller shapes or
+# a jaw set by the model followed real speech's envelope less closely than loudness alone).
+_LEARNED_JAW_BASE = 0.8
+_LEARNED_SHAPE_GAIN = 0.5
 
 
 @dataclass
@@ -131,9 +136,11 @@ class MouthDriver:
         assert self.visemes is not None
         prediction = self.visemes.predict(samples, past)
         p = prediction.probabilities
-        openness = np.clip(prediction.jaw / 0.9, 0.0, 1.0)
+        # The jaw follows loudness first (the envelope); the model's jaw and shapes shade it.
+        openness = _LEARNED_JAW_BASE + (1.0 - _LEARNED_JAW_BASE) * np.clip(prediction.jaw / 0.9, 0.0, 1.0)
         closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
-        return openness, p[:, SPREAD], p[:, ROUND] * (1.0 - closure), closure
+        spread = _LEARNED_SHAPE_GAIN * p[:, SPREAD]
+        return openness, spread, _LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure), closure
 
     # ---- one step for many streams ---------------------------------------------------------
     def step(
@@ -163,6 +170,9 @@ class MouthDriver:
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
         if self.visemes is not None:
             openness, spread, round_target, closure = self._learned_shapes(samples, past)
+            # Lips shut only in the quieter frames: a closure heard in loud speech is a mistake
+            # (real voices and rooms fool the model there), while an m or a b's hold is quiet.
+            closure = closure * (1.0 - x)
         else:
             # Vowel shape from band shares (dB of the 100-5000 Hz energy).
             openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
