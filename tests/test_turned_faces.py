@@ -37,6 +37,7 @@ DRIVES = {
     "open and round": {"jaw": 1.0, "rounding": 1.0},
     "narrow": {"width": -1.0},
     "pressed": {"press": 1.0},
+    "lip to teeth": {"lip_teeth": 1.0},
     "blink": {"blink": 1.0},
 }
 # The idle motion's widest poses at head_motion 1 (pitch with the nod of a loud syllable, yaw, roll).

@@ -122,3 +122,22 @@ def test_training_is_reproducible_from_its_seed(tmp_path: Path) -> None:
     b = torch.load(second, weights_only=True)["state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and first.stat().st_size < 200_000
+
+
+def _drives_of(text: str, voice: str) -> list[dict[str, float]]:
+    cfg = with_overrides(AppConfig(), video={"width_px": 128, "height_px": 128}, warp={"mouth_shapes": "visemes"})
+    portrait = load_builtin_portrait("astronaut", cfg.portrait, cfg.video)
+    anim = WarpAnimator(cfg.warp, cfg.video, torch.device("cpu"))
+    stream = anim.new_stream(portrait, seed=1)
+    samples, rate, _ = synthesize_with_phonemes(text, voice=voice)
+    audio = resample(samples, rate, SAMPLE_RATE_HZ)
+    windows = iter_clip_windows(audio, cfg.windows, cfg.vad, cfg.video.fps)
+    return [anim.step([stream], [w])[0].drive for w in windows]
+
+
+@pytest.mark.parametrize("voice", ["en-us+f4", "en-gb-x-rp+m6"])  # variants held out of the training
+def test_the_lower_lip_goes_to_the_teeth_on_f_and_v(voice: str) -> None:
+    fricatives = np.array([d["lip_teeth"] for d in _drives_of("Five fine vans, fifty views of Vivian.", voice)])
+    vowels = np.array([d["lip_teeth"] for d in _drives_of("Ah, aha, ha ha, a car and a hall.", voice)])
+    assert fricatives.max() > 0.5, fricatives.round(2)
+    assert np.mean(fricatives > 0.3) > 2.0 * np.mean(vowels > 0.3) + 0.03, (fricatives.round(2), vowels.round(2))

@@ -45,6 +45,7 @@ from avatar.generators.warp_rig import (
     BASIS_BLINK_L,
     BASIS_BLINK_R,
     BASIS_JAW,
+    BASIS_LIP_TEETH,
     BASIS_PRESS,
     BASIS_ROUND,
     BASIS_WIDTH,
@@ -357,11 +358,12 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         breathing: float = 0.0,
     ) -> np.ndarray:
         """Where each output pixel reads the portrait for the given drive values ("jaw", "width",
-        "rounding", "press", "blink"; 0 when absent) and head pose (pitch, yaw, roll): (H, W, 2)
+        "rounding", "press", "lip_teeth", "blink"; 0 when absent) and head pose (pitch, yaw, roll): (H, W, 2)
         float, source (x, y) in pixels. For checks of the warp (folds tear the picture); the
         stream's own state does not move."""
         drives = np.zeros((1, N_BASES))
-        named = {"jaw": BASIS_JAW, "width": BASIS_WIDTH, "rounding": BASIS_ROUND, "press": BASIS_PRESS}
+        named = {"jaw": BASIS_JAW, "width": BASIS_WIDTH, "rounding": BASIS_ROUND, "press": BASIS_PRESS,
+                 "lip_teeth": BASIS_LIP_TEETH}
         for key, basis in named.items():
             drives[0, basis] = float(drive.get(key, 0.0))
         drives[0, BASIS_BLINK_L] = drives[0, BASIS_BLINK_R] = float(drive.get("blink", 0.0))
@@ -458,6 +460,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             drives[i, BASIS_WIDTH] = mouth[i].width
             drives[i, BASIS_ROUND] = mouth[i].rounding
             drives[i, BASIS_PRESS] = mouth[i].press
+            drives[i, BASIS_LIP_TEETH] = mouth[i].lip_teeth * (1.0 - mouth[i].press)
             drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
 
         # 2.-5. Where each output pixel reads the portrait.
@@ -479,6 +482,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
                 "width": float(drives[i, BASIS_WIDTH]),
                 "rounding": float(drives[i, BASIS_ROUND]),
                 "press": float(drives[i, BASIS_PRESS]),
+                "lip_teeth": float(drives[i, BASIS_LIP_TEETH]),
                 "blink": float(drives[i, BASIS_BLINK_L]),
                 "head_pitch": float(poses[i, 0]),
                 "head_yaw": float(poses[i, 1]),

@@ -26,6 +26,7 @@ The drive, per frame:
   500 Hz, "m") closes them.
 - gate: nothing opens unless the window is marked speaking or it is loud against the level.
 - press: a nasal murmur also presses the lips together (for portraits whose lips part at rest).
+- lip to teeth (f, v; with the learned shapes only): the lower lip rises to the upper teeth.
 - smoothing: attack `attack_s` on opening, release `release_s` on closing (at the attack rate on
   closures and on sudden dips inside speech, the holds of b and p).
 """
@@ -59,6 +60,7 @@ _EPS = 1e-10
 # a jaw set by the model followed real speech's envelope less closely than loudness alone).
 _LEARNED_JAW_BASE = 0.8
 _LEARNED_SHAPE_GAIN = 0.5
+_LIP_TEETH_FROM = 0.25  # the lower lip starts toward the teeth above this probability of f, v
 
 
 @dataclass
@@ -69,6 +71,7 @@ class MouthDriveState:
     width: float = 0.0
     rounding: float = 0.0
     press: float = 0.0
+    lip_teeth: float = 0.0
     level_db: float = _LEVEL_INIT_DB
 
 
@@ -83,6 +86,7 @@ class MouthDrive:
     level_db: float
     closure: float  # 0 .. 1, how strongly a nasal murmur closes the lips
     press: float  # 0 .. 1, lips pressed together (a nasal murmur: m, n)
+    lip_teeth: float = 0.0  # 0 .. 1, lower lip to the upper teeth (f, v); the learned shapes only
 
 
 def _alpha(dt: float, tau: float) -> float:
@@ -132,7 +136,7 @@ class MouthDriver:
         return loud, shares
 
     def _learned_shapes(self, samples: np.ndarray, past: int) -> tuple[np.ndarray, ...]:
-        """(openness, spread, rounding, closure), each (B,) in 0..1, from the viseme model."""
+        """(openness, spread, rounding, closure, lip to teeth), each (B,) in 0..1, from the viseme model."""
         assert self.visemes is not None
         prediction = self.visemes.predict(samples, past)
         p = prediction.probabilities
@@ -140,7 +144,8 @@ class MouthDriver:
         openness = _LEARNED_JAW_BASE + (1.0 - _LEARNED_JAW_BASE) * np.clip(prediction.jaw / 0.9, 0.0, 1.0)
         closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
         spread = _LEARNED_SHAPE_GAIN * p[:, SPREAD]
-        return openness, spread, _LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure), closure
+        lip_teeth = smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM))
+        return openness, spread, _LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure), closure, lip_teeth
 
     # ---- one step for many streams ---------------------------------------------------------
     def step(
@@ -154,6 +159,8 @@ class MouthDriver:
         width = np.array([s.width for s in states])
         rounding = np.array([s.rounding for s in states])
         press = np.array([s.press for s in states])
+        lip_teeth = np.array([s.lip_teeth for s in states])
+        lip_teeth_target = np.zeros(len(states))
 
         audible = loud > _FLOOR_DB
         active = audible & (speaking | (loud > np.maximum(level - 8.0, -40.0)))
@@ -169,7 +176,7 @@ class MouthDriver:
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
         if self.visemes is not None:
-            openness, spread, round_target, closure = self._learned_shapes(samples, past)
+            openness, spread, round_target, closure, lip_teeth_target = self._learned_shapes(samples, past)
             # Lips shut only in the quieter frames: a closure heard in loud speech is a mistake
             # (real voices and rooms fool the model there), while an m or a b's hold is quiet.
             closure = closure * (1.0 - x)
@@ -193,6 +200,9 @@ class MouthDriver:
         press_target = gate * closure
         press = press + (press_target - press) * self.a_attack
         press = np.where(press < 1e-3, 0.0, press)
+        # Lip to teeth comes and goes at the attack rate: an f or v is short.
+        lip_teeth = lip_teeth + (gate * lip_teeth_target - lip_teeth) * self.a_attack
+        lip_teeth = np.where(lip_teeth < 1e-3, 0.0, lip_teeth)
 
         closing = jaw_target < jaw
         fast_close = (press_target > 0.5) | dip
@@ -209,6 +219,7 @@ class MouthDriver:
         for i, state in enumerate(states):
             state.jaw, state.width, state.rounding = float(jaw[i]), float(width[i]), float(rounding[i])
             state.press = float(press[i])
+            state.lip_teeth = float(lip_teeth[i])
             state.level_db = float(level[i])
             drives.append(
                 MouthDrive(
@@ -219,6 +230,7 @@ class MouthDriver:
                     level_db=state.level_db,
                     closure=float(closure[i] * gate[i]),
                     press=state.press,
+                    lip_teeth=state.lip_teeth,
                 )
             )
         return drives

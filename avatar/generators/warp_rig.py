@@ -38,9 +38,10 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-# Order of the drive bases.
-BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS = range(6)
-N_BASES = 6
+# Order of the drive bases: jaw, width, rounding, the blinks, press, lower lip to the upper teeth (f, v).
+BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS, BASIS_LIP_TEETH = range(7)
+N_BASES = 7
+SIGNED_BASES = (BASIS_WIDTH,)  # drives that also run negative (the width narrows)
 
 N_RING = 18
 N_FOREHEAD = 6
@@ -52,6 +53,7 @@ _LID_SKIN_FOLLOW = 0.4  # and moves this share of the lid's travel
 TPS_REGULARISATION = 1e-5
 BLINK_TRAVEL = 0.8  # share of the eye opening the upper lid travels in a full blink
 PRESS_TRAVEL = 0.4  # share of the rest lip gap each lip travels when pressed
+LIP_TEETH_TRAVEL = 0.04  # rise of the upper lip's middle for f, v, per mouth width
 RING_SCALE = 1.0  # the field is untouched inside this ellipse scale ...
 FADE_SCALE = 1.3  # ... and fades to zero at this one
 # The field's region of interest, as a share of the output: the fade ellipse of an aligned portrait
@@ -172,7 +174,7 @@ def rest_points(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
 
 
 def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
-    """(K, N, 2) displacement per unit drive: jaw, width, rounding, blink left, blink right, press."""
+    """(K, N, 2) displacement per unit drive, in the order of the BASIS_ constants."""
     lm = landmarks.astype(np.float64)
     bases = np.zeros((N_BASES, N_POINTS, 2))
     down, right, mw = g.down, g.right, g.mouth_width
@@ -241,6 +243,19 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
         bases[basis, upper] += BLINK_TRAVEL * gap
         bases[basis, lower] -= 0.08 * gap
         bases[basis, skin0 + j] += _LID_SKIN_FOLLOW * BLINK_TRAVEL * gap
+
+    # Lip to teeth (f, v): the upper lip lifts off the upper teeth, the lower lip rises and tucks
+    # under them (its outer edge rises more than its inner one: it thins). The inner lips part by
+    # about half their rest gap plus 2 % of the mouth width, where the mouth painter shows the upper
+    # teeth's edge; they never cross (a crossing folds the warp).
+    t = LIP_TEETH_TRAVEL * mw
+    for i, w in ((61, 0.85), (62, 1.0), (63, 0.85), (50, 0.6), (51, 0.7), (52, 0.6)):
+        bases[BASIS_LIP_TEETH, i] -= w * t * down
+    for up_in, lo_in in ((61, 67), (62, 66), (63, 65)):
+        gap = max(0.0, float((lm[lo_in] - lm[up_in]) @ down))
+        bases[BASIS_LIP_TEETH, lo_in] -= (0.5 * gap + 0.5 * t) * down
+    for i, w in ((56, 1.3), (57, 1.5), (58, 1.3), (55, 0.5), (59, 0.5)):
+        bases[BASIS_LIP_TEETH, i] -= w * t * down
     return bases
 
 
@@ -293,9 +308,9 @@ def _travel_limits(rest_bytes: bytes, bases_bytes: bytes, shape: tuple[int, ...]
         return pts.min(axis=0) - pad, pts.max(axis=0) + pad
 
     def safe(combo: list[int], t: float) -> bool:
-        signs = (1.0, -1.0) if BASIS_WIDTH in combo else (1.0,)  # the width drive also narrows (< 0)
+        signs = (1.0, -1.0) if set(combo) & set(SIGNED_BASES) else (1.0,)  # the width also narrows
         for sign in signs:
-            moving = t * sum(limits[k] * bases[k] * (sign if k == BASIS_WIDTH else 1.0) for k in combo)
+            moving = t * sum(limits[k] * bases[k] * (sign if k in SIGNED_BASES else 1.0) for k in combo)
             if np.any(np.linalg.norm(moving, axis=-1) > 1e-9):
                 floor = _MIN_AREA_RATIO_BLINK if set(combo) <= {BASIS_BLINK_L, BASIS_BLINK_R} else _MIN_AREA_RATIO
                 if _min_area_ratio(rest, rest + moving, region(moving), scale) < floor:
