@@ -31,7 +31,7 @@ import torch
 from avatar.audio import load_audio_file
 from avatar.config import SAMPLE_RATE_HZ, AppConfig, with_overrides
 from avatar.generators.warp import WarpAnimator
-from avatar.generators.warp_drive import MouthDriver
+from avatar.generators.warp_drive import MouthDriver, MouthShapes
 from avatar.lipsync import audio_envelope, lagged_corr, mouth_opening
 from avatar.portrait import load_builtin_portrait
 from avatar.speech import synthesize_speech
@@ -42,16 +42,10 @@ HELD_OUT_VOICES = ("en+f4", "en-us+m6", "en-gb-x-rp+f4")
 TEST_SENTENCE = "Maybe we should move the five blue boxes over the fence, Bob."
 
 
-class LoudnessOnly(MouthDriver):
-    """The baseline: the jaw by loudness, no mouth shapes."""
-
-    def __init__(self, fps: int, attack_s: float, release_s: float) -> None:
-        super().__init__(fps, attack_s, release_s)
-        self.visemes = object()  # type: ignore[assignment]  # route step() through _learned_shapes
-
-    def _learned_shapes(self, samples: np.ndarray, past: int) -> tuple[np.ndarray, ...]:
-        ones, zeros = np.ones(len(samples)), np.zeros(len(samples))
-        return ones, zeros, zeros, zeros
+def loudness_only(samples: np.ndarray, past: int) -> MouthShapes:
+    """The baseline's shapes: the jaw by loudness alone, the lips never shaped."""
+    ones, zeros = np.ones(len(samples)), np.zeros(len(samples))
+    return MouthShapes(openness=ones, spread=zeros, rounding=zeros, closure=zeros, lip_teeth=zeros)
 
 
 def clips(work: Path) -> dict[str, np.ndarray]:
@@ -81,7 +75,7 @@ def main() -> int:
         cfg = with_overrides(base, warp={"mouth_shapes": "spectral" if mode == "loudness" else mode})
         anim = WarpAnimator(cfg.warp, cfg.video, torch.device("cpu"))
         if mode == "loudness":
-            anim.driver = LoudnessOnly(fps, cfg.warp.attack_s, cfg.warp.release_s)
+            anim.driver = MouthDriver(fps, cfg.warp.attack_s, cfg.warp.release_s, loudness_only)
         animators[mode] = anim
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

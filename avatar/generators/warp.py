@@ -39,7 +39,7 @@ from avatar.config import VideoConfig, WarpConfig
 from avatar.drive.viseme_model import VisemeModel
 from avatar.errors import GeneratorError
 from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
-from avatar.generators.warp_drive import MouthDriver, MouthDriveState
+from avatar.generators.warp_drive import LearnedShapes, MouthDriver, MouthDriveState
 from avatar.generators.warp_mouth import MouthBatch, mouth_boxes, paint_mouth
 from avatar.generators.warp_rig import (
     BASIS_BLINK_L,
@@ -146,8 +146,8 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         self.low_w = -(-self.width_px // self.field_scale)
         self.low_h = -(-self.height_px // self.field_scale)
         self.roi_w, self.roi_h = roi_size(self.width_px, self.height_px, self.field_scale)
-        visemes = VisemeModel.load() if warp.mouth_shapes == "visemes" else None
-        self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s, visemes)
+        shapes = LearnedShapes(VisemeModel.load()) if warp.mouth_shapes == "visemes" else None
+        self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s, shapes)
         fs = self.field_scale
         # Coarse grid: pixel centres of each field_scale x field_scale cell, in output pixels.
         ys = torch.arange(self.low_h, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)

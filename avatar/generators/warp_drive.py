@@ -34,7 +34,7 @@ The drive, per frame:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +89,42 @@ class MouthDrive:
     lip_teeth: float = 0.0  # 0 .. 1, lower lip to the upper teeth (f, v); the learned shapes only
 
 
+@dataclass(frozen=True)
+class MouthShapes:
+    """What shapes the lips in each window of a batch, each (B,) in 0..1."""
+
+    openness: np.ndarray  # how far loudness opens the jaw
+    spread: np.ndarray
+    rounding: np.ndarray
+    closure: np.ndarray  # lips shut (m, b, p), only in the quieter frames
+    lip_teeth: np.ndarray  # lower lip to the upper teeth (f, v)
+
+
+# A source of mouth shapes other than the band-energy rules: (windows (B, T), index of t_k) -> shapes.
+ShapeSource = Callable[[np.ndarray, int], MouthShapes]
+
+
+class LearnedShapes:
+    """Mouth shapes from the learned viseme model (avatar.drive.viseme_model)."""
+
+    def __init__(self, model: VisemeModel) -> None:
+        self.model = model
+
+    def __call__(self, samples: np.ndarray, past: int) -> MouthShapes:
+        prediction = self.model.predict(samples, past)
+        p = prediction.probabilities
+        # The jaw follows loudness first (the envelope); the model's jaw and shapes shade it.
+        openness = _LEARNED_JAW_BASE + (1.0 - _LEARNED_JAW_BASE) * np.clip(prediction.jaw / 0.9, 0.0, 1.0)
+        closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
+        return MouthShapes(
+            openness=openness,
+            spread=_LEARNED_SHAPE_GAIN * p[:, SPREAD],
+            rounding=_LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure),
+            closure=closure,
+            lip_teeth=smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM)),
+        )
+
+
 def _alpha(dt: float, tau: float) -> float:
     return 1.0 - math.exp(-dt / max(tau, 1e-6))
 
@@ -96,8 +132,8 @@ def _alpha(dt: float, tau: float) -> float:
 class MouthDriver:
     """Turns batches of audio windows into mouth drive values, advancing each stream's state."""
 
-    def __init__(self, fps: int, attack_s: float, release_s: float, visemes: VisemeModel | None = None) -> None:
-        self.visemes = visemes  # the learned mouth shapes; None: the band-energy rules below
+    def __init__(self, fps: int, attack_s: float, release_s: float, shapes: ShapeSource | None = None) -> None:
+        self.shapes = shapes  # e.g. LearnedShapes; None: the band-energy rules below
         self.dt = 1.0 / fps
         self.a_attack = _alpha(self.dt, attack_s)
         self.a_release = _alpha(self.dt, release_s)
@@ -135,18 +171,6 @@ class MouthDriver:
         shares = 10.0 * np.log10(energy[:, 1:] / energy[:, :1])  # (B, 4) dB relative to the total
         return loud, shares
 
-    def _learned_shapes(self, samples: np.ndarray, past: int) -> tuple[np.ndarray, ...]:
-        """(openness, spread, rounding, closure, lip to teeth), each (B,) in 0..1, from the viseme model."""
-        assert self.visemes is not None
-        prediction = self.visemes.predict(samples, past)
-        p = prediction.probabilities
-        # The jaw follows loudness first (the envelope); the model's jaw and shapes shade it.
-        openness = _LEARNED_JAW_BASE + (1.0 - _LEARNED_JAW_BASE) * np.clip(prediction.jaw / 0.9, 0.0, 1.0)
-        closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
-        spread = _LEARNED_SHAPE_GAIN * p[:, SPREAD]
-        lip_teeth = smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM))
-        return openness, spread, _LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure), closure, lip_teeth
-
     # ---- one step for many streams ---------------------------------------------------------
     def step(
         self, states: Sequence[MouthDriveState], samples: np.ndarray, past: int, speaking: np.ndarray
@@ -175,11 +199,13 @@ class MouthDriver:
         # so syllables inside a loud stretch still move the jaw.
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
-        if self.visemes is not None:
-            openness, spread, round_target, closure, lip_teeth_target = self._learned_shapes(samples, past)
+        if self.shapes is not None:
+            shapes = self.shapes(samples, past)
+            openness, spread, round_target = shapes.openness, shapes.spread, shapes.rounding
+            lip_teeth_target = shapes.lip_teeth
             # Lips shut only in the quieter frames: a closure heard in loud speech is a mistake
             # (real voices and rooms fool the model there), while an m or a b's hold is quiet.
-            closure = closure * (1.0 - x)
+            closure = shapes.closure * (1.0 - x)
         else:
             # Vowel shape from band shares (dB of the 100-5000 Hz energy).
             openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
