@@ -131,6 +131,7 @@ class WarpConfig:
     mouth_open_max: float = 1.0
     field_scale: int = 4
     mouth_shapes: str = "spectral"
+    expression: float = 1.0
 
     def __post_init__(self) -> None:
         _check(
@@ -146,6 +147,7 @@ class WarpConfig:
         _check(0.0 <= self.breathing <= 3.0, "warp.breathing", "must be in 0..3")
         _check(0.0 < self.mouth_open_max <= 2.0, "warp.mouth_open_max", "must be in (0, 2]")
         _check(self.field_scale in (1, 2, 4, 8), "warp.field_scale", "must be 1, 2, 4 or 8")
+        _check(0.0 <= self.expression <= 2.0, "warp.expression", "must be in 0..2")
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,14 @@ DRIVES = {
     "narrow": {"width": -1.0},
     "pressed": {"press": 1.0},
     "lip to teeth": {"lip_teeth": 1.0},
+    "brows raised, eyes wide": {"brows": 1.0, "widen": 1.0},
+    "smile and spread": {"smile": 1.0, "width": 1.0},
+    "frown and open": {"smile": -1.0, "jaw": 1.0},
     "blink": {"blink": 1.0},
 }
-# The idle motion's widest poses at head_motion 1 (pitch with the nod of a loud syllable, yaw, roll).
-POSES = ((0.0, 0.0, 0.0), (2.4, 2.0, 1.0), (-1.6, -2.0, -1.0))
+# The idle motion's widest poses at head_motion 1 (pitch with the nods of a loud and a stressed syllable,
+# yaw, roll).
+POSES = ((0.0, 0.0, 0.0), (3.9, 2.0, 1.0), (-1.6, -2.0, -1.0))
 
 
 def _lfw(index: int, mirrored: bool = False) -> np.ndarray:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar.config import VideoConfig, WarpConfig
+from avatar.drive.expression import ExpressionDriver, ExpressionState
 from avatar.drive.viseme_model import VisemeModel
 from avatar.errors import GeneratorError
 from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
@@ -44,10 +45,13 @@ from avatar.generators.warp_mouth import MouthBatch, mouth_boxes, paint_mouth
 from avatar.generators.warp_rig import (
     BASIS_BLINK_L,
     BASIS_BLINK_R,
+    BASIS_BROWS,
     BASIS_JAW,
     BASIS_LIP_TEETH,
     BASIS_PRESS,
     BASIS_ROUND,
+    BASIS_SMILE,
+    BASIS_WIDEN,
     BASIS_WIDTH,
     N_BASES,
     Rig,
@@ -69,6 +73,8 @@ _ACTIVITY_UP_S, _ACTIVITY_DOWN_S = 0.4, 1.5
 _BREATH_HZ = (0.2, 0.3)
 _BREATH_SCALE = 0.004  # vertical scale of the shoulders at breathing = 1
 _MIN_BLINK_GAP_S = 0.8
+_SMILE_GAIN = 0.5  # the voice's tone moves the mouth corners at most this share of a full smile
+_NOD_DEG = 1.5  # head dip of a full nod on a stressed syllable
 _EDGE_HOLD = 0.1  # share of the frame over which the motion fades out toward its edges
 
 
@@ -107,6 +113,7 @@ class WarpStream(GeneratorStream):
     saturation: float  # 0 (black and white) .. 1 (colour): how colourful the painted interior is
     mouth_centre: np.ndarray  # (2,) pixels
     mouth: MouthDriveState
+    expression: ExpressionState
     motion: _Motion
     frame_index: int = 0
 
@@ -148,6 +155,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         self.roi_w, self.roi_h = roi_size(self.width_px, self.height_px, self.field_scale)
         shapes = LearnedShapes(VisemeModel.load()) if warp.mouth_shapes == "visemes" else None
         self.driver = MouthDriver(self.fps, warp.attack_s, warp.release_s, shapes)
+        self.expression = ExpressionDriver(self.fps, warp.expression)
         fs = self.field_scale
         # Coarse grid: pixel centres of each field_scale x field_scale cell, in output pixels.
         ys = torch.arange(self.low_h, dtype=torch.float32, device=self.device) * fs + 0.5 * (fs - 1)
@@ -220,6 +228,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             saturation=saturation,
             mouth_centre=landmarks[[48, 54, 51, 57]].mean(axis=0),
             mouth=MouthDriveState(),
+            expression=ExpressionState(),
             motion=motion,
         )
 
@@ -296,7 +305,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         v = min(1.0, x / 0.35, (1.0 - x) / 0.5)
         return float(max(0.0, v))
 
-    def _head(self, m: _Motion, speaking: bool, jaw: float) -> np.ndarray:
+    def _head(self, m: _Motion, speaking: bool, jaw: float, nod: float) -> np.ndarray:
         """Head pitch, yaw, roll in degrees; advances the noise phases by one frame."""
         dt = 1.0 / self.fps
         target = 1.0 if (speaking or jaw > 0.05) else 0.0
@@ -310,6 +319,7 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         liveliness = _QUIET_LIVELINESS + (1.0 - _QUIET_LIVELINESS) * m.activity
         angles = self.config.head_motion * _HEAD_AMP_DEG * liveliness * noise
         angles[0] += self.config.head_motion * 0.8 * m.emphasis  # a small nod on loud syllables
+        angles[0] += self.config.head_motion * _NOD_DEG * nod  # and a clearer one on stressed ones
         return angles
 
     # ---- one batched step ------------------------------------------------------------------
@@ -358,12 +368,13 @@ class WarpAnimator(FrameGenerator[WarpStream]):
         breathing: float = 0.0,
     ) -> np.ndarray:
         """Where each output pixel reads the portrait for the given drive values ("jaw", "width",
-        "rounding", "press", "lip_teeth", "blink"; 0 when absent) and head pose (pitch, yaw, roll): (H, W, 2)
-        float, source (x, y) in pixels. For checks of the warp (folds tear the picture); the
-        stream's own state does not move."""
+        "rounding", "press", "lip_teeth", "blink", "brows", "widen", "smile"; 0 when absent) and head
+        pose (pitch, yaw, roll): (H, W, 2) float, source (x, y) in pixels. For checks of the warp
+        (folds tear the picture); the stream's own state does not move."""
         drives = np.zeros((1, N_BASES))
         named = {"jaw": BASIS_JAW, "width": BASIS_WIDTH, "rounding": BASIS_ROUND, "press": BASIS_PRESS,
-                 "lip_teeth": BASIS_LIP_TEETH}
+                 "lip_teeth": BASIS_LIP_TEETH, "brows": BASIS_BROWS, "widen": BASIS_WIDEN,
+                 "smile": BASIS_SMILE}
         for key, basis in named.items():
             drives[0, basis] = float(drive.get(key, 0.0))
         drives[0, BASIS_BLINK_L] = drives[0, BASIS_BLINK_R] = float(drive.get("blink", 0.0))
@@ -444,13 +455,14 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             raise GeneratorError("all audio windows of one step must have the same layout")
         speaking = np.array([bool(wnd.speaking) for wnd in windows])
         mouth = self.driver.step([s.mouth for s in ss], samples, past, speaking)
+        expression = self.expression.step([s.expression for s in ss], samples, past, speaking)
         drives = np.zeros((b, N_BASES))
         poses = np.zeros((b, 3))
         breath = np.zeros(b)
         for i, s in enumerate(ss):
             k = s.frame_index
             blink = self._blink(s.motion, k)
-            poses[i] = self._head(s.motion, bool(speaking[i]), mouth[i].jaw)
+            poses[i] = self._head(s.motion, bool(speaking[i]), mouth[i].jaw, expression[i].nod)
             t = k / self.fps
             breath[i] = self.config.breathing * _BREATH_SCALE * math.sin(
                 2.0 * math.pi * s.motion.breath_hz * t + s.motion.breath_phase
@@ -462,6 +474,9 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             drives[i, BASIS_PRESS] = mouth[i].press
             drives[i, BASIS_LIP_TEETH] = mouth[i].lip_teeth * (1.0 - mouth[i].press)
             drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
+            drives[i, BASIS_BROWS] = expression[i].brows
+            drives[i, BASIS_WIDEN] = expression[i].widen * (1.0 - blink)
+            drives[i, BASIS_SMILE] = _SMILE_GAIN * expression[i].smile
 
         # 2.-5. Where each output pixel reads the portrait.
         batch = self._batch(ss)
@@ -484,6 +499,11 @@ class WarpAnimator(FrameGenerator[WarpStream]):
                 "press": float(drives[i, BASIS_PRESS]),
                 "lip_teeth": float(drives[i, BASIS_LIP_TEETH]),
                 "blink": float(drives[i, BASIS_BLINK_L]),
+                "brows": float(drives[i, BASIS_BROWS]),
+                "widen": float(drives[i, BASIS_WIDEN]),
+                "smile": float(drives[i, BASIS_SMILE]),
+                "nod": expression[i].nod,
+                "f0_hz": expression[i].f0_hz,
                 "head_pitch": float(poses[i, 0]),
                 "head_yaw": float(poses[i, 1]),
                 "head_roll": float(poses[i, 2]),

@@ -38,10 +38,13 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-# Order of the drive bases: jaw, width, rounding, the blinks, press, lower lip to the upper teeth (f, v).
-BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS, BASIS_LIP_TEETH = range(7)
-N_BASES = 7
-SIGNED_BASES = (BASIS_WIDTH,)  # drives that also run negative (the width narrows)
+# Order of the drive bases. The mouth's: jaw, width, rounding, the blinks, press, lower lip to the
+# upper teeth (f, v). The face's, driven by the voice's expression: brows raised, eyes widened, smile
+# (< 0 a frown).
+(BASIS_JAW, BASIS_WIDTH, BASIS_ROUND, BASIS_BLINK_L, BASIS_BLINK_R, BASIS_PRESS, BASIS_LIP_TEETH,
+ BASIS_BROWS, BASIS_WIDEN, BASIS_SMILE) = range(10)
+N_BASES = 10
+SIGNED_BASES = (BASIS_WIDTH, BASIS_SMILE)  # drives that also run negative (narrow, frown)
 
 N_RING = 18
 N_FOREHEAD = 6
@@ -53,6 +56,9 @@ _LID_SKIN_FOLLOW = 0.4  # and moves this share of the lid's travel
 TPS_REGULARISATION = 1e-5
 BLINK_TRAVEL = 0.8  # share of the eye opening the upper lid travels in a full blink
 PRESS_TRAVEL = 0.4  # share of the rest lip gap each lip travels when pressed
+WIDEN_TRAVEL = 0.25  # share of the eye opening the upper lid lifts in fully widened eyes
+BROW_TRAVEL = 0.06  # rise of the brows, per face height (nose bridge to chin)
+SMILE_TRAVEL = 0.07  # rise of the mouth corners in a full smile, per mouth width
 LIP_TEETH_TRAVEL = 0.04  # rise of the upper lip's middle for f, v, per mouth width
 RING_SCALE = 1.0  # the field is untouched inside this ellipse scale ...
 FADE_SCALE = 1.3  # ... and fades to zero at this one
@@ -243,6 +249,9 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
         bases[basis, upper] += BLINK_TRAVEL * gap
         bases[basis, lower] -= 0.08 * gap
         bases[basis, skin0 + j] += _LID_SKIN_FOLLOW * BLINK_TRAVEL * gap
+        # Widened eyes: the upper lid lifts by a share of the opening, the lid skin with it.
+        bases[BASIS_WIDEN, upper] -= WIDEN_TRAVEL * gap
+        bases[BASIS_WIDEN, skin0 + j] -= 0.6 * WIDEN_TRAVEL * gap
 
     # Lip to teeth (f, v): the upper lip lifts off the upper teeth, the lower lip rises and tucks
     # under them (its outer edge rises more than its inner one: it thins). The inner lips part by
@@ -256,6 +265,24 @@ def drive_bases(landmarks: np.ndarray, g: RigGeometry) -> np.ndarray:
         bases[BASIS_LIP_TEETH, lo_in] -= (0.5 * gap + 0.5 * t) * down
     for i, w in ((56, 1.3), (57, 1.5), (58, 1.3), (55, 0.5), (59, 0.5)):
         bases[BASIS_LIP_TEETH, i] -= w * t * down
+
+    # Brows raised (emphasis, a rising question): the brows lift, the inner ends a little more;
+    # the forehead above follows part way, the upper lid skin a little.
+    lift = BROW_TRAVEL * g.face_height
+    for i in BROWS:
+        inner = 1.0 - min(abs(i - 21), abs(i - 22)) / 5.0  # 1 at the inner ends (21, 22), 0.2 outside
+        bases[BASIS_BROWS, i] -= (0.8 + 0.3 * inner) * lift * down
+    bases[BASIS_BROWS, 68 : 68 + N_FOREHEAD] -= 0.45 * lift * down
+    bases[BASIS_BROWS, skin0 : skin0 + 4] -= 0.2 * lift * down
+
+    # Smile (> 0; a frown < 0): the corners go up and out, the lips beside them follow, the upper
+    # lip lifts a touch.
+    for i, side, w in ((48, -1, 1.0), (60, -1, 0.9), (54, 1, 1.0), (64, 1, 0.9),
+                       (49, -1, 0.45), (59, -1, 0.5), (53, 1, 0.45), (55, 1, 0.5),
+                       (61, -1, 0.35), (67, -1, 0.35), (63, 1, 0.35), (65, 1, 0.35)):
+        bases[BASIS_SMILE, i] += w * SMILE_TRAVEL * mw * (0.6 * sideways(side) - down)
+    for i in (50, 51, 52):
+        bases[BASIS_SMILE, i] -= 0.15 * SMILE_TRAVEL * mw * down
     return bases
 
 
@@ -308,7 +335,7 @@ def _travel_limits(rest_bytes: bytes, bases_bytes: bytes, shape: tuple[int, ...]
         return pts.min(axis=0) - pad, pts.max(axis=0) + pad
 
     def safe(combo: list[int], t: float) -> bool:
-        signs = (1.0, -1.0) if set(combo) & set(SIGNED_BASES) else (1.0,)  # the width also narrows
+        signs = (1.0, -1.0) if set(combo) & set(SIGNED_BASES) else (1.0,)  # narrowing, a frown
         for sign in signs:
             moving = t * sum(limits[k] * bases[k] * (sign if k in SIGNED_BASES else 1.0) for k in combo)
             if np.any(np.linalg.norm(moving, axis=-1) > 1e-9):
@@ -328,7 +355,8 @@ def _travel_limits(rest_bytes: bytes, bases_bytes: bytes, shape: tuple[int, ...]
 
     for k in range(len(bases)):
         limits[k] *= largest([k])
-    for combo in ([BASIS_JAW, BASIS_WIDTH], [BASIS_JAW, BASIS_ROUND]):
+    for combo in ([BASIS_JAW, BASIS_WIDTH], [BASIS_JAW, BASIS_ROUND], [BASIS_WIDTH, BASIS_SMILE],
+                  [BASIS_JAW, BASIS_SMILE], [BASIS_BROWS, BASIS_WIDEN]):
         t = largest(combo)
         limits[combo] *= t
     limits.setflags(write=False)
