@@ -53,14 +53,21 @@ def synthesize_speech(
     tail_silence_s: float = 0.5,
     words_per_minute: int = 150,
     voice: str = "en-us",
+    pitch: int | None = None,
+    ssml: bool = False,
 ) -> Path:
-    """Speak `text` into a 16-bit PCM WAV at `sample_rate_hz` with silence before and after."""
+    """Speak `text` into a 16-bit PCM WAV at `sample_rate_hz` with silence before and after.
+
+    `pitch`: espeak-ng's 0..99 (None: the voice's own); `ssml`: `text` is SSML markup."""
     espeak = _require("espeak-ng", "espeak-ng")
     sox = _require("sox", "sox")
     out_path = Path(out_path)
     raw_path = out_path.with_suffix(".espeak.wav")
     subprocess.run(
-        [espeak, "-v", voice, "-s", str(words_per_minute), "-w", str(raw_path), text],
+        [
+            espeak, "-v", voice, "-s", str(words_per_minute), *(["-p", str(pitch)] if pitch is not None else []),
+            *(["-m"] if ssml else []), "-w", str(raw_path), text,
+        ],  # fmt: skip
         check=True,
         capture_output=True,
     )

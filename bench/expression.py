@@ -15,7 +15,6 @@ drive, and the driver's cost per frame at batch 1 and 16.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,9 @@ import numpy as np
 
 from avatar.audio import load_audio_file
 from avatar.config import SAMPLE_RATE_HZ, AppConfig
-from avatar.drive.expression import ExpressionDriver, ExpressionState
+from avatar.drive.expression import Expression, ExpressionDriver, ExpressionState
+from avatar.generators.warp_drive import MouthDriver, MouthDriveState
+from avatar.speech import synthesize_speech
 from avatar.windows import iter_clip_windows
 
 WORDS = "we never said that she took the red car to the city on monday".split()
@@ -33,19 +34,23 @@ ACCENTED = {"never", "red", "city", "monday"}
 _GAP_S = 0.06
 
 
-def _espeak(args: list[str], text: str, path: Path) -> np.ndarray:
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", *args, "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-b", "16", "-r", str(SAMPLE_RATE_HZ), "-c", "1", str(path)], check=True)
-    return load_audio_file(path)
+def speak(text: str, path: Path, **options: object) -> np.ndarray:
+    """espeak-ng's en-us voice at 160 words a minute, no padding: int16 samples at 16 kHz."""
+    settings: dict = {"voice": "en-us", "words_per_minute": 160, "lead_silence_s": 0.0, "tail_silence_s": 0.0}
+    return load_audio_file(synthesize_speech(text, path, **{**settings, **options}))
+
+
+def monotone(text: str, path: Path) -> np.ndarray:
+    """`text` spoken with SSML's lowest pitch range: a monotone."""
+    return speak(f'<speak><prosody range="x-low">{text}</prosody></speak>', path, ssml=True)
 
 
 def accented_speech(work: Path, fps: int) -> tuple[np.ndarray, np.ndarray]:
     """(int16 samples, accent track per frame): the sentence word by word, the accented words higher."""
     pieces, track = [np.zeros(int(0.4 * SAMPLE_RATE_HZ), np.int16)], []
     for i, word in enumerate(WORDS):
-        pitch = "80" if word in ACCENTED else "45"
-        audio = _espeak(["-v", "en-us", "-p", pitch, "-s", "160"], word, work / f"w{i}.wav")
+        pitch = 80 if word in ACCENTED else 45
+        audio = speak(word, work / f"w{i}.wav", pitch=pitch)
         pieces.append(audio)
         track.append((sum(len(p) for p in pieces) - len(audio), len(audio), word in ACCENTED))
         pieces.append(np.zeros(int(_GAP_S * SAMPLE_RATE_HZ), np.int16))
@@ -59,12 +64,27 @@ def accented_speech(work: Path, fps: int) -> tuple[np.ndarray, np.ndarray]:
     return samples, accent
 
 
+class Drivers:
+    """The expression driver with the mouth driver that gives it loudness and level, as in the animator."""
+
+    def __init__(self, cfg: AppConfig, batch: int = 1) -> None:
+        self.mouth = MouthDriver(cfg.video.fps, cfg.warp.attack_s, cfg.warp.release_s)
+        self.expression = ExpressionDriver(cfg.video.fps, cfg.warp.expression)
+        self.mouth_states = [MouthDriveState() for _ in range(batch)]
+        self.states = [ExpressionState() for _ in range(batch)]
+
+    def step(self, samples: np.ndarray, past: int, speaking: np.ndarray) -> list[Expression]:
+        drives = self.mouth.step(self.mouth_states, samples, past, speaking)
+        loud, level = np.array([d.loudness_db for d in drives]), np.array([d.level_db for d in drives])
+        return self.expression.step(self.states, samples, past, speaking, loud, level)
+
+
 def run(samples: np.ndarray, cfg: AppConfig) -> dict[str, np.ndarray]:
-    driver = ExpressionDriver(cfg.video.fps, cfg.warp.expression)
-    state = ExpressionState()
+    """Each expression drive per frame of a clip."""
+    drivers = Drivers(cfg)
     rows = []
     for w in iter_clip_windows(samples, cfg.windows, cfg.vad, cfg.video.fps):
-        e = driver.step([state], np.asarray(w.samples, np.float32)[None], w.past_samples, np.array([w.speaking]))[0]
+        e = drivers.step(np.asarray(w.samples, np.float32)[None], w.past_samples, np.array([w.speaking]))[0]
         rows.append((e.brows, e.widen, e.nod, e.smile))
     a = np.array(rows)
     return {"brows": a[:, 0], "widen": a[:, 1], "nod": a[:, 2], "smile": a[:, 3]}
@@ -91,9 +111,8 @@ def main() -> int:
         sentence = " ".join(WORDS)
         clips = {
             "accented words": accented,
-            "espeak intonation": _espeak(["-v", "en-us", "-s", "160"], sentence, work / "plain.wav"),
-            "monotone": _espeak(["-v", "en-us", "-s", "160", "-m"],
-                                f'<speak><prosody range="x-low">{sentence}</prosody></speak>', work / "mono.wav"),
+            "espeak intonation": speak(sentence, work / "plain.wav"),
+            "monotone": monotone(sentence, work / "mono.wav"),
             "silence": np.zeros(3 * SAMPLE_RATE_HZ, np.int16),
         }
         for path in sorted(Path("/usr/share/sounds/alsa").glob("*.wav")):
@@ -110,14 +129,14 @@ def main() -> int:
     print(f"brows vs the accent track: correlation {corr:+.2f} at lag {lag} frames; mean brows on accented words "
           f"{on:.3f}, elsewhere {off:.3f}")
     for batch in (1, 16):
-        driver = ExpressionDriver(fps)
-        states = [ExpressionState() for _ in range(batch)]
+        drivers = Drivers(cfg, batch)
         windows = list(iter_clip_windows(clips["espeak intonation"], cfg.windows, cfg.vad, fps))
         stack = [np.repeat(np.asarray(w.samples, np.float32)[None], batch, 0) for w in windows]
         speaking = np.ones(batch, bool)
         t0 = time.perf_counter()
         for w, s in zip(windows, stack, strict=True):
-            driver.step(states, s, w.past_samples, speaking)
+            loud, level = np.full(batch, -20.0), np.full(batch, -18.0)  # the mouth drive's cost is not counted
+            drivers.expression.step(drivers.states, s, w.past_samples, speaking, loud, level)
         per = (time.perf_counter() - t0) / len(windows) / batch * 1e3
         print(f"cost at batch {batch}: {per:.3f} ms per stream per frame")
     return 0

@@ -16,9 +16,10 @@ from avatar.config import SAMPLE_RATE_HZ, AppConfig, with_overrides
 from avatar.drive.expression import ExpressionDriver, ExpressionState, track_pitch
 from avatar.errors import ConfigError
 from avatar.generators.warp import WarpAnimator
+from avatar.generators.warp_drive import MouthDriver, MouthDriveState
 from avatar.portrait import load_builtin_portrait
 from avatar.windows import iter_clip_windows
-from bench.expression import _espeak, accented_speech, run
+from bench.expression import accented_speech, monotone, run, speak
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 SENTENCE = "we never said that she took the red car to the city on monday"
@@ -31,9 +32,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     return {
         "accented": accented,
         "accent": accent,
-        "monotone": _espeak(["-v", "en-us", "-m"], f'<speak><prosody range="x-low">{SENTENCE}</prosody></speak>',
-                            work / "mono.wav"),
-        "plain": _espeak(["-v", "en-us"], SENTENCE, work / "plain.wav"),
+        "monotone": monotone(SENTENCE, work / "mono.wav"),
+        "plain": speak(SENTENCE, work / "plain.wav"),
     }
 
 
@@ -102,18 +102,28 @@ def test_batched_equals_one_by_one_and_is_causal(clips: dict[str, np.ndarray]) -
         return w
 
     driver = ExpressionDriver(25)
-    together = [ExpressionState(), ExpressionState()]
-    alone = [ExpressionState(), ExpressionState()]
-    future = ExpressionState()
+    mouth = MouthDriver(25, attack_s=0.03, release_s=0.12)  # loudness and level, as the animator pairs them
+
+    def step(states: list[tuple[ExpressionState, MouthDriveState]], w: np.ndarray, speaking: np.ndarray) -> list:
+        drives = mouth.step([m for _, m in states], w, past, speaking)
+        loud, level = np.array([d.loudness_db for d in drives]), np.array([d.level_db for d in drives])
+        return driver.step([e for e, _ in states], w, past, speaking, loud, level)
+
+    def fresh() -> tuple[ExpressionState, MouthDriveState]:
+        return ExpressionState(), MouthDriveState()
+
+    together = [fresh(), fresh()]
+    alone = [fresh(), fresh()]
+    future = fresh()
     changed = a.copy()
     cut = (frames // 2) * hop + ahead
     changed[cut:] = np.random.default_rng(2).uniform(-0.5, 0.5, n - cut)
     for k in range(frames):
         speaking = np.array([True, True])
-        both = driver.step(together, np.stack([windows(a, k), windows(b, k)]), past, speaking)
-        one = [driver.step([alone[i]], windows(x, k)[None], past, speaking[:1])[0] for i, x in enumerate((a, b))]
+        both = step(together, np.stack([windows(a, k), windows(b, k)]), speaking)
+        one = [step([alone[i]], windows(x, k)[None], speaking[:1])[0] for i, x in enumerate((a, b))]
         assert both == one
-        other = driver.step([future], windows(changed, k)[None], past, speaking[:1])[0]
+        other = step([future], windows(changed, k)[None], speaking[:1])[0]
         if k < frames // 2:
             assert other == one[0], k  # audio after this window's end is not heard
 

@@ -38,7 +38,6 @@ _ACCENT_FROM = 1.0  # an accent starts this many ranges above the baseline ...
 _ACCENT_SPAN = 1.5  # ... and is full this many ranges further
 _RISE_ST_PER_S = 25.0  # a rise this fast (semitones per second) raises the brows fully
 _BROW_UP_S, _BROW_DOWN_S = 0.08, 0.35
-_LEVEL_UP_S, _LEVEL_DOWN_S = 0.15, 1.5
 _NOD_S = 0.3  # length of one nod
 _NOD_GAP_S = 0.35  # least time between nod starts
 _SMILE_S = 1.5  # the tone's smile follows this slowly
@@ -53,7 +52,6 @@ class ExpressionState:
     range_st: float = _RANGE_MIN_ST
     voiced_frames: int = 0
     last_st: float | None = None
-    level_db: float = -26.0
     loud_before_db: float = -120.0
     brows: float = 0.0
     widen: float = 0.0
@@ -133,8 +131,6 @@ class ExpressionDriver:
         self.a_range = _alpha(self.dt, _RANGE_S)
         self.a_brow_up = _alpha(self.dt, _BROW_UP_S)
         self.a_brow_down = _alpha(self.dt, _BROW_DOWN_S)
-        self.a_level_up = _alpha(self.dt, _LEVEL_UP_S)
-        self.a_level_down = _alpha(self.dt, _LEVEL_DOWN_S)
         self.a_smile = _alpha(self.dt, _SMILE_S)
 
     def _segments(self, samples: np.ndarray, past: int) -> np.ndarray:
@@ -148,20 +144,26 @@ class ExpressionDriver:
         return out
 
     def step(
-        self, states: Sequence[ExpressionState], samples: np.ndarray, past: int, speaking: np.ndarray
+        self,
+        states: Sequence[ExpressionState],
+        samples: np.ndarray,
+        past: int,
+        speaking: np.ndarray,
+        loudness_db: np.ndarray,
+        level_db: np.ndarray,
     ) -> list[Expression]:
-        """Advance `states` by one frame from their windows `samples` (B, T); one Expression each."""
-        segments = self._segments(samples, past)
-        tail = segments[:, -round(_SEGMENT_S * SAMPLE_RATE_HZ) :].astype(np.float64)
-        loud = 20.0 * np.log10(np.sqrt(np.mean(tail * tail, axis=1)) + _EPS)
-        f0, depth = track_pitch(segments)
+        """Advance `states` by one frame from their windows `samples` (B, T); one Expression each.
+
+        `loudness_db` and `level_db` (B,): each window's loudness and its stream's speech level, as
+        the mouth drive measures them (avatar.generators.warp_drive), so face and mouth agree on
+        what is loud."""
+        f0, depth = track_pitch(self._segments(samples, past))
+        loud = np.asarray(loudness_db, dtype=np.float64)
+        level = np.asarray(level_db, dtype=np.float64)
         out = []
         for i, s in enumerate(states):
             audible = loud[i] > -58.0
-            if audible and (speaking[i] or loud[i] > s.level_db - 8.0):
-                a = self.a_level_up if loud[i] > s.level_db else self.a_level_down
-                s.level_db = float(np.clip(s.level_db + (loud[i] - s.level_db) * a, -55.0, 0.0))
-            voiced = bool(audible and speaking[i] and depth[i] < _VOICED_DEPTH and loud[i] > s.level_db - 20.0)
+            voiced = bool(audible and speaking[i] and depth[i] < _VOICED_DEPTH and loud[i] > level[i] - 20.0)
             accent = rise = 0.0
             if voiced:
                 st = 12.0 * math.log2(float(f0[i]) / 100.0)
@@ -181,7 +183,7 @@ class ExpressionDriver:
             brows_target = min(1.0, accent + 0.5 * rise)
             a = self.a_brow_up if brows_target > s.brows else self.a_brow_down
             s.brows += (brows_target - s.brows) * a
-            emphasis = float(np.clip((loud[i] - (s.level_db - 3.0)) / 6.0, 0.0, 1.0)) if voiced else 0.0
+            emphasis = float(np.clip((loud[i] - (level[i] - 3.0)) / 6.0, 0.0, 1.0)) if voiced else 0.0
             widen_target = accent * emphasis
             a = self.a_brow_up if widen_target > s.widen else self.a_brow_down
             s.widen += (widen_target - s.widen) * a

@@ -455,7 +455,10 @@ class WarpAnimator(FrameGenerator[WarpStream]):
             raise GeneratorError("all audio windows of one step must have the same layout")
         speaking = np.array([bool(wnd.speaking) for wnd in windows])
         mouth = self.driver.step([s.mouth for s in ss], samples, past, speaking)
-        expression = self.expression.step([s.expression for s in ss], samples, past, speaking)
+        expression = self.expression.step(
+            [s.expression for s in ss], samples, past, speaking,
+            np.array([m.loudness_db for m in mouth]), np.array([m.level_db for m in mouth]),
+        )  # fmt: skip
         drives = np.zeros((b, N_BASES))
         poses = np.zeros((b, 3))
         breath = np.zeros(b)
