@@ -26,6 +26,7 @@ from avatar.generators.warp import WarpAnimator
 from avatar.generators.warp_rig import BASIS_WIDTH, estimate_yaw
 from avatar.portrait import Portrait, load_portrait
 from avatar.windows import iter_clip_windows
+from tests.warp_maps import area_ratio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -88,13 +89,6 @@ def portraits() -> dict[tuple[str, int], Portrait]:
     return out
 
 
-def _area_ratio(source_xy: np.ndarray) -> np.ndarray:
-    """Jacobian determinant of a backward map (H, W, 2): < 0 where the picture folds over itself."""
-    dx_dx, dx_dy = np.gradient(source_xy[..., 0], axis=1), np.gradient(source_xy[..., 0], axis=0)
-    dy_dx, dy_dy = np.gradient(source_xy[..., 1], axis=1), np.gradient(source_xy[..., 1], axis=0)
-    return dx_dx * dy_dy - dx_dy * dy_dx
-
-
 def test_the_turned_faces_are_turned(portraits: dict[tuple[str, int], Portrait]) -> None:
     yaws = {name: math.degrees(estimate_yaw(p.landmarks)) for (name, size), p in portraits.items() if size == 256}
     turned = [name for name in yaws if name.startswith("lfw")]
@@ -116,7 +110,7 @@ def test_no_drive_and_no_pose_folds_the_picture(portraits: dict[tuple[str, int],
         assert np.all(stream.rig.travel >= 0.5) or name.startswith("lfw"), (name, stream.rig.travel)
         for drive_name, drive in DRIVES.items():
             for pose in POSES:
-                ratio = _area_ratio(anim.backward_map(stream, drive, pose))
+                ratio = area_ratio(anim.backward_map(stream, drive, pose))
                 folded = int((ratio <= 0.0).sum())
                 assert folded == 0, (name, drive_name, pose, folded, float(ratio.min()))
         judged += 1
