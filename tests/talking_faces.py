@@ -50,12 +50,15 @@ def envelope(audio: np.ndarray, frames: int) -> np.ndarray:
     return np.clip(rms / (0.6 * rms.max() + 1e-9), 0.0, 1.0)
 
 
-def draw_frame(face: np.ndarray, landmarks: np.ndarray, opening: float, eyes_closed: bool) -> np.ndarray:
+def draw_frame(
+    face: np.ndarray, landmarks: np.ndarray, opening: float, eyes_closed: bool, width_scale: float = 1.0
+) -> np.ndarray:
+    """The face with a drawn mouth `opening` (0..1) wide open, `width_scale` times its rest width."""
     out = face.astype(np.float32)
     shape = face.shape[:2]
     inner = landmarks[60:68]
     cx, cy = inner.mean(axis=0)
-    width = inner[:, 0].max() - inner[:, 0].min()
+    width = (inner[:, 0].max() - inner[:, 0].min()) * width_scale
     # Lips: a fixed reddish ellipse; the open mouth: a dark ellipse growing with the opening (jaw drop).
     lips = _ellipse(shape, cx, cy + 1.5 * opening, 0.62 * width, 2.5 + 4.0 * opening)
     out = out * (1 - lips[..., None]) + lips[..., None] * np.array([150.0, 60.0, 70.0])

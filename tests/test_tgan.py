@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from avatar.config import AppConfig, PortraitConfig, TganConfig, VideoConfig, WindowConfig
-from avatar.errors import CheckpointError
+from avatar.drive.viseme_model import VisemeModel
+from avatar.drive.visemes import VISEMES
+from avatar.errors import CheckpointError, GeneratorError
 from avatar.generators import load_generator
 from avatar.generators.tgan import (
     CHECKPOINT_FORMAT,
@@ -35,10 +38,25 @@ VIDEO = VideoConfig(width_px=256, height_px=256)
 FPS = 25
 
 
+VISEME_TINY = dataclasses.replace(TINY, visemes=True)
+
+
 @pytest.fixture(scope="module")
 def model() -> TganModel:
     torch.manual_seed(0)
     return TganModel(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def viseme_model() -> TganModel:
+    torch.manual_seed(0)
+    return TganModel(VISEME_TINY, WINDOWS).eval()
+
+
+@pytest.fixture(params=["plain", "visemes"])
+def each_model(request: pytest.FixtureRequest, model: TganModel, viseme_model: TganModel) -> TganModel:
+    """The model without and with viseme conditioning."""
+    return model if request.param == "plain" else viseme_model
 
 
 
@@ -72,7 +90,8 @@ def test_layer_plan_follows_the_size(height: int, width: int, levels: int) -> No
 
 
 @torch.no_grad()
-def test_streaming_equals_offline(model: TganModel, speech: np.ndarray) -> None:
+def test_streaming_equals_offline(each_model: TganModel, speech: np.ndarray) -> None:
+    model = each_model
     t = 20
     identity = torch.rand(2, 3, TINY.height_px, TINY.width_px) * 2 - 1
     windows = torch.from_numpy(np.stack([cut_windows(speech, np.arange(s, s + t), FPS, WINDOWS) for s in (10, 30)]))
@@ -94,7 +113,8 @@ def test_streaming_equals_offline(model: TganModel, speech: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def test_future_audio_never_changes_past_frames(model: TganModel, speech: np.ndarray) -> None:
+def test_future_audio_never_changes_past_frames(each_model: TganModel, speech: np.ndarray) -> None:
+    model = each_model
     t, k = 30, 12
     identity = torch.rand(1, 3, TINY.height_px, TINY.width_px) * 2 - 1
     noise = draw_noise(torch.Generator().manual_seed(0), t, TINY.noise_features).unsqueeze(0)
@@ -124,8 +144,9 @@ def _generator(model: TganModel, path: Path) -> TganGenerator:
 
 
 def test_batch_of_streams_equals_single_steps(
-    model: TganModel, portrait: Portrait, speech: np.ndarray, tmp_path: Path
+    each_model: TganModel, portrait: Portrait, speech: np.ndarray, tmp_path: Path
 ) -> None:
+    model = each_model
     generator = _generator(model, _save_tiny(model, tmp_path / "m.safetensors"))
     seeds = (0, 1, 2)
     batched = [generator.new_stream(portrait, s) for s in seeds]
@@ -158,10 +179,11 @@ def test_frames_are_pasted_into_the_portrait(model: TganModel, portrait: Portrai
     assert box[1] <= fy and box[1] + box[3] >= fy + fh
 
 
-def test_checkpoint_round_trip(model: TganModel, tmp_path: Path) -> None:
+def test_checkpoint_round_trip(each_model: TganModel, tmp_path: Path) -> None:
+    model = each_model
     path = _save_tiny(model, tmp_path / "m.safetensors", step=42)
     loaded, info = load_tgan(path)
-    assert info.config == TINY and info.step == 42 and info.windows == WINDOWS and info.fps == FPS
+    assert info.config == model.config and info.step == 42 and info.windows == WINDOWS and info.fps == FPS
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     config = AppConfig(video=VIDEO, generator=dataclasses.replace(AppConfig().generator, name="tgan", device="cpu"))
@@ -218,3 +240,50 @@ def test_bad_checkpoints_say_what_is_wrong(model: TganModel, tmp_path: Path) -> 
         load_tgan_generator(config)
     with pytest.raises(CheckpointError, match="no checkpoint is given"):
         load_tgan_generator(AppConfig())
+
+
+@torch.no_grad()
+def test_viseme_conditioning_is_the_viseme_models_reading(viseme_model: TganModel, speech: np.ndarray) -> None:
+    windows = cut_windows(speech, np.arange(20, 45), FPS, WINDOWS)
+    conditioning = viseme_model.conditioning(torch.from_numpy(windows).unsqueeze(0))[0]
+    reading = VisemeModel.load().predict(windows, WINDOWS.past_samples)
+    torch.testing.assert_close(conditioning[:, :-1], torch.from_numpy(reading.probabilities), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(conditioning[:, -1], torch.from_numpy(reading.jaw), atol=1e-5, rtol=1e-4)
+    assert conditioning[:, :-1].argmax(dim=1).unique().numel() >= 3  # speech: several mouth shapes
+    assert not any(p.requires_grad for p in viseme_model.viseme_conditioner.parameters())
+    # The frames depend on it: another reading of the same audio makes other frames.
+    identity = torch.rand(1, 3, TINY.height_px, TINY.width_px) * 2 - 1
+    noise = draw_noise(torch.Generator().manual_seed(0), windows.shape[0], TINY.noise_features).unsqueeze(0)
+    audio = torch.from_numpy(windows).unsqueeze(0)
+    frames = viseme_model.forward_clip(identity, audio, noise)
+    other = copy.deepcopy(viseme_model)
+    other.viseme_conditioner.net.head[3].bias.add_(2.0 * torch.arange(len(VISEMES) + 1.0))
+    assert not torch.allclose(other.forward_clip(identity, audio, noise), frames, atol=1e-4)
+
+
+def test_a_checkpoint_keeps_the_viseme_weights_it_was_trained_with(viseme_model: TganModel, tmp_path: Path) -> None:
+    trained = copy.deepcopy(viseme_model)
+    with torch.no_grad():
+        trained.viseme_conditioner.net.head[3].weight.mul_(0.5)  # not the shipped weights any more
+        trained.viseme_conditioner.lookahead_samples.fill_(320)
+    loaded, info = load_tgan(_save_tiny(trained, tmp_path / "v.safetensors"))
+    assert info.config.visemes is True and loaded.viseme_conditioner is not None
+    assert torch.equal(loaded.viseme_conditioner.net.head[3].weight, trained.viseme_conditioner.net.head[3].weight)
+    assert int(loaded.viseme_conditioner.lookahead_samples) == 320
+    assert not loaded.viseme_conditioner.net.head[3].weight.requires_grad
+    with pytest.raises(GeneratorError, match="needs the audio windows"):
+        TganModel(VISEME_TINY)
+
+
+def test_checkpoints_from_before_viseme_conditioning_still_load(
+    model: TganModel, viseme_model: TganModel, tmp_path: Path
+) -> None:
+    metadata = _metadata(TINY)
+    older = dataclasses.asdict(TINY)
+    del older["visemes"]
+    metadata["tgan_config"] = json.dumps(older)
+    loaded, info = load_tgan(_write(tmp_path / "old.safetensors", model.state_dict(), metadata))
+    assert info.config == TINY and loaded.viseme_conditioner is None
+    # A conditioned model's tensors under a plain model's config: said plainly.
+    with pytest.raises(CheckpointError, match="unexpected tensor viseme_conditioner"):
+        load_tgan(_write(tmp_path / "mixed.safetensors", viseme_model.state_dict(), _metadata(TINY)))

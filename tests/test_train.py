@@ -109,15 +109,23 @@ def test_faces_are_found_without_landmarks_json(faces_dir: Path, tmp_path: Path)
     assert np.abs(a.landmarks - b.landmarks).max() < 3.0  # pixels of the 64x48 crop
 
 
-def test_a_few_steps_lower_the_reconstruction_loss(faces_dir: Path) -> None:
+@pytest.mark.parametrize("visemes", [False, True], ids=["plain", "visemes"])
+def test_a_few_steps_lower_the_reconstruction_loss(faces_dir: Path, visemes: bool) -> None:
     config = tiny_config(batch_size=2, clip_frames=8)
+    config = dataclasses.replace(config, tgan=dataclasses.replace(TINY, visemes=visemes))
     data = TalkingFaces(faces_dir, TINY, config.video.fps, 0.0, None)
     batch = sample_batch(data.train_clips(8), 2, 8, config.windows, np.random.default_rng(0))
     state = new_training_state(config, torch.device("cpu"))
+    before = {k: v.clone() for k, v in state.generator.state_dict().items()}
     losses = [train_step(state, batch, config, np.random.default_rng(i)) for i in range(10)]
     assert all(np.isfinite(v) for step in losses for v in step.values())
     assert all(losses[0][k] > 0 for k in ("d_frame", "d_sequence", "d_sync"))  # every critic took part
     assert losses[-1]["l1"] < 0.7 * losses[0]["l1"]
+    after = state.generator.state_dict()
+    assert not torch.equal(after["audio_encoder.gru.weight_ih_l0"], before["audio_encoder.gru.weight_ih_l0"])
+    # The viseme model conditions the generator; it does not train with it.
+    frozen = [k for k in before if k.startswith("viseme_conditioner.")]
+    assert bool(frozen) == visemes and all(torch.equal(after[k], before[k]) for k in frozen)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -171,7 +179,9 @@ def test_resume_refuses_another_architecture(faces_dir: Path, tmp_path: Path) ->
 
 def test_cli_train_then_eval(faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_file = tmp_path / "tiny.toml"
-    tgan = "\n".join(f"{k} = {v}" for k, v in dataclasses.asdict(TINY).items())
+    # Conditioned on the viseme model: `train` and `eval` build and load its frozen copy.
+    conditioned = dataclasses.replace(TINY, visemes=True)
+    tgan = "\n".join(f"{k} = {json.dumps(v)}" for k, v in dataclasses.asdict(conditioned).items())
     config_file.write_text(
         f"[generator]\ndevice = 'cpu'\n[tgan]\n{tgan}\n"
         "[train]\nbatch_size = 2\nclip_frames = 6\ncheckpoint_every = 1\nholdout_fraction = 0.34\n"

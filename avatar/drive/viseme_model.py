@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avatar.config import SAMPLE_RATE_HZ
@@ -69,21 +70,38 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     audio = np.asarray(windows)
     if audio.dtype == np.int16:
         audio = audio.astype(np.float32) / 32768.0
-    audio = np.asarray(audio[:, -CONTEXT_SAMPLES:], dtype=np.float32)
-    if audio.shape[1] < CONTEXT_SAMPLES:
-        audio = np.pad(audio, ((0, 0), (CONTEXT_SAMPLES - audio.shape[1], 0)))
-    starts = HOP_SAMPLES * np.arange(N_FRAMES)
-    frames = audio[:, starts[:, None] + np.arange(FRAME_SAMPLES)[None, :]] * _frame_window()  # (B, F, 400)
-    power = np.abs(np.fft.rfft(frames, n=FFT_SIZE, axis=-1)) ** 2  # (B, F, 257)
-    mel = np.log(power @ _mel_matrix().T + 1e-8)  # (B, F, M)
-    level_db = 10.0 * np.log10(np.mean(frames * frames, axis=-1) + 1e-10)  # (B, F)
-    relative = np.maximum(level_db - level_db.max(axis=1, keepdims=True), _LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB
-    absolute = np.clip((level_db - _LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB, 0.0, 1.0)
-    shape = mel - mel.mean(axis=(1, 2), keepdims=True)
-    # Quiet frames carry no shape: their spectrum fades out with their level (noise is not a vowel).
-    shape = shape * absolute[:, :, None]
-    features = np.concatenate([shape / 4.0, (relative + 1.0)[:, :, None]], axis=2)
-    return np.ascontiguousarray(features.transpose(0, 2, 1), dtype=np.float32)
+    with torch.no_grad():
+        features = WindowFeatures().double()(torch.from_numpy(np.asarray(audio, dtype=np.float64)))
+    return np.ascontiguousarray(features.numpy(), dtype=np.float32)
+
+
+class WindowFeatures(nn.Module):
+    """Audio windows (B, T) float in [-1, 1] -> the model's features (B, N_MELS + 1, N_FRAMES), in
+    torch so the viseme net can run inside another model, on its device (avatar.generators.tgan).
+
+    Log mel energies of the last CONTEXT_S of each window, minus their mean (a microphone's gain and
+    colour drop out) and faded out with each frame's level (noise is not a vowel); then the level
+    in dB against the window's loudest frame (silence stays silence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("hann", torch.from_numpy(_frame_window()), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(_mel_matrix()), persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = audio[:, -CONTEXT_SAMPLES:]
+        if audio.shape[1] < CONTEXT_SAMPLES:
+            audio = F.pad(audio, (CONTEXT_SAMPLES - audio.shape[1], 0))
+        frames = audio.unfold(1, FRAME_SAMPLES, HOP_SAMPLES)[:, :N_FRAMES] * self.hann.to(audio.dtype)  # (B, F, 400)
+        power = torch.fft.rfft(frames, n=FFT_SIZE, dim=-1).abs().square()  # (B, F, 257)
+        mel = torch.log(power @ self.mel.to(audio.dtype).T + 1e-8)  # (B, F, M)
+        level_db = 10.0 * torch.log10(frames.square().mean(dim=-1) + 1e-10)  # (B, F)
+        loudest = level_db.amax(dim=1, keepdim=True)
+        relative = torch.clamp(level_db - loudest, min=_LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB
+        absolute = torch.clamp((level_db - _LEVEL_FLOOR_DB) / -_LEVEL_FLOOR_DB, 0.0, 1.0)
+        shape = (mel - mel.mean(dim=(1, 2), keepdim=True)) * absolute[:, :, None]
+        features = torch.cat([shape / 4.0, (relative + 1.0)[:, :, None]], dim=2)
+        return features.transpose(1, 2).contiguous()
 
 
 class VisemeNet(nn.Module):
@@ -145,6 +163,45 @@ class VisemeModel:
         with torch.no_grad():
             logits, jaw = self.net(features)
         return VisemePrediction(torch.softmax(logits, dim=1).numpy(), jaw.numpy())
+
+
+# Size of the conditioning a VisemeConditioner gives per window: the viseme probabilities and the jaw.
+CONDITIONING_FEATURES = len(VISEMES) + 1
+
+
+class VisemeConditioner(nn.Module):
+    """The viseme model as a frozen layer of another model: windows (N, S) with the frame time at
+    `past_samples` -> (N, CONDITIONING_FEATURES): viseme probabilities, then the jaw (0..1).
+
+    Its weights and the lookahead they were trained for (a buffer) are part of the host model's
+    tensors, so a checkpoint keeps the conditioning it was trained with when the shipped viseme
+    weights are retrained. `shipped` starts from the shipped weights; the plain constructor makes
+    the empty shape that a checkpoint's tensors fill. It never trains (no gradients), and runs in
+    float32 outside autocast (the FFT and the log)."""
+
+    def __init__(self, past_samples: int, channels: int = 48, hidden: int = 64) -> None:
+        super().__init__()
+        self.past_samples = int(past_samples)
+        self.features = WindowFeatures()
+        self.net = VisemeNet(channels, hidden)
+        self.register_buffer("lookahead_samples", torch.tensor(round(0.04 * SAMPLE_RATE_HZ), dtype=torch.int64))
+        self.requires_grad_(False)
+
+    @classmethod
+    def shipped(cls, past_samples: int, path: Path = WEIGHTS_PATH) -> VisemeConditioner:
+        model = VisemeModel.load(path)
+        conditioner = cls(past_samples, model.net.convs[0].out_channels, model.net.head[1].out_features)
+        conditioner.net.load_state_dict(model.net.state_dict())
+        conditioner.lookahead_samples.fill_(round(model.lookahead_s * SAMPLE_RATE_HZ))
+        return conditioner.requires_grad_(False)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(windows.device.type, enabled=False):
+            audio = windows.float()
+            end = self.past_samples + int(self.lookahead_samples)
+            audio = audio[:, :end] if audio.shape[1] >= end else F.pad(audio, (0, end - audio.shape[1]))
+            logits, jaw = self.net(self.features(audio))
+            return torch.cat([torch.softmax(logits, dim=1), jaw[:, None]], dim=1)
 
 
 def parameter_count(net: nn.Module) -> int:

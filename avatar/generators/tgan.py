@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avatar.config import AppConfig, TganConfig, VideoConfig, WindowConfig
+from avatar.drive.viseme_model import CONDITIONING_FEATURES, VisemeConditioner
 from avatar.errors import CheckpointError, GeneratorError
 from avatar.generators.base import FrameGenerator, FrameStage, GeneratorStream
 from avatar.portrait import Portrait
@@ -134,16 +135,22 @@ class AudioEncoder(nn.Module):
             nn.AdaptiveAvgPool1d(AUDIO_TIME_BINS),  # -> [N, c3, 8]
         )
         self.project = nn.Sequential(nn.Flatten(), nn.Linear(c3 * AUDIO_TIME_BINS, a), nn.LeakyReLU(0.2))
-        self.gru = nn.GRU(a, config.hidden_features, num_layers=AUDIO_GRU_LAYERS, batch_first=True)
+        conditioning = CONDITIONING_FEATURES if config.visemes else 0
+        self.gru = nn.GRU(a + conditioning, config.hidden_features, num_layers=AUDIO_GRU_LAYERS, batch_first=True)
 
     def features(self, windows: torch.Tensor) -> torch.Tensor:
         # windows: [N, S] -> [N, A]
         return self.project(self.convs(windows.unsqueeze(1)))
 
-    def forward(self, windows: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        # windows: [B, T, S], hidden: [layers, B, Hd] -> z_audio [B, T, Hd], hidden [layers, B, Hd]
+    def forward(
+        self, windows: torch.Tensor, hidden: torch.Tensor | None = None, conditioning: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # windows: [B, T, S], hidden: [layers, B, Hd], conditioning: [B, T, C] (the viseme features,
+        # with TganConfig.visemes) -> z_audio [B, T, Hd], hidden [layers, B, Hd]
         b, t, s = windows.shape
         features = self.features(windows.reshape(b * t, s)).view(b, t, -1)
+        if conditioning is not None:
+            features = torch.cat([features, conditioning.to(features.dtype)], dim=-1)
         return self.gru(features, hidden)
 
 
@@ -205,15 +212,32 @@ class FrameDecoder(nn.Module):
 
 
 class TganModel(nn.Module):
-    """The generator's weights; every state of a stream is passed in and returned."""
+    """The generator's weights; every state of a stream is passed in and returned.
 
-    def __init__(self, config: TganConfig) -> None:
+    With `config.visemes` the audio GRU also reads each window's viseme probabilities and jaw from
+    a frozen copy of the viseme model (`viseme_conditioner`, part of the checkpoint); it needs the
+    windows' layout (`windows`) to find each frame's time in them. New models start from the
+    shipped viseme weights; `load_tgan` fills in the checkpoint's."""
+
+    def __init__(self, config: TganConfig, windows: WindowConfig | None = None) -> None:
         super().__init__()
         self.config = config
         self.identity_encoder = IdentityEncoder(config)
         self.audio_encoder = AudioEncoder(config)
         self.noise_generator = NoiseGenerator(config)
         self.decoder = FrameDecoder(config)
+        self.viseme_conditioner: VisemeConditioner | None = None
+        if config.visemes:
+            if windows is None:
+                raise GeneratorError("a tgan model with viseme conditioning needs the audio windows' config")
+            self.viseme_conditioner = VisemeConditioner.shipped(windows.past_samples)
+
+    def conditioning(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """The viseme features of windows [B, T, S] -> [B, T, C], or None without conditioning."""
+        if self.viseme_conditioner is None:
+            return None
+        b, t, s = windows.shape
+        return self.viseme_conditioner(windows.reshape(b * t, s)).view(b, t, -1)
 
     def encode_identity(self, image: torch.Tensor) -> list[torch.Tensor]:
         # image: [B, 3, H, W] in [-1, 1] -> feature maps per level
@@ -235,7 +259,7 @@ class TganModel(nn.Module):
         """forward_clip on encoded identity features, continuing from recurrent states (None: the
         start), so a long clip can be made chunk by chunk: (frames [B, T, 3, H, W], audio_h, noise_h)."""
         b, t = windows.shape[:2]
-        z_audio, audio_hidden = self.audio_encoder(windows, audio_hidden)  # [B, T, Hd]
+        z_audio, audio_hidden = self.audio_encoder(windows, audio_hidden, self.conditioning(windows))  # [B, T, Hd]
         z_noise, noise_hidden = self.noise_generator(noise, noise_hidden)  # [B, T, Nz]
         latent = torch.cat([z_audio, z_noise], dim=-1).reshape(b * t, -1)
         repeat = [f.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(b * t, *f.shape[1:]) for f in [identity, *features]]
@@ -254,7 +278,8 @@ class TganModel(nn.Module):
         """Streaming, one frame for B streams: identity [B, 3, H, W], features per level, audio_hidden
         [layers, B, Hd], noise_hidden [1, B, Nz] (None at the start), windows [B, S], noise [B, Nz]
         -> frames [B, 3, H, W], audio_hidden, noise_hidden."""
-        z_audio, audio_hidden = self.audio_encoder(windows.unsqueeze(1), audio_hidden)  # [B, 1, Hd]
+        step_windows = windows.unsqueeze(1)
+        z_audio, audio_hidden = self.audio_encoder(step_windows, audio_hidden, self.conditioning(step_windows))
         z_noise, noise_hidden = self.noise_generator(noise.unsqueeze(1), noise_hidden)  # [B, 1, Nz]
         latent = torch.cat([z_audio, z_noise], dim=-1).squeeze(1)
         return self.decoder(latent, identity, features), audio_hidden, noise_hidden
@@ -343,6 +368,7 @@ def from_model_image(frames: torch.Tensor) -> np.ndarray:
 def _meta_config(metadata: dict[str, str], path: Path) -> TganConfig:
     try:
         values = json.loads(metadata["tgan_config"])
+        values.setdefault("visemes", False)  # written before viseme conditioning existed
         return TganConfig(**values)
     except KeyError as exc:
         raise CheckpointError(f"{path}: no model config in the checkpoint's metadata") from exc
@@ -431,7 +457,7 @@ def load_tgan(
             f"{info.path}: checkpoint expects a {_size(info.config)} model but the config asks for "
             f"{_size(expect)}; differences: {', '.join(differences)}"
         )
-    model = TganModel(info.config)
+    model = TganModel(info.config, info.windows)
     wanted = model.state_dict()
     missing = sorted(set(wanted) - set(tensors))
     if missing:
@@ -637,5 +663,6 @@ def describe(model: TganModel) -> dict[str, Any]:
         "audio_encoder": parameter_count(model.audio_encoder),
         "noise_generator": parameter_count(model.noise_generator),
         "decoder": parameter_count(model.decoder),
+        "viseme_conditioner": parameter_count(model.viseme_conditioner) if model.viseme_conditioner else 0,
         "total": parameter_count(model),
     }

@@ -40,17 +40,22 @@ MIN_SYNC_SHIFT = 3  # frames between a mouth chunk and the audio of an off-sync 
 
 def new_training_state(config: AppConfig, device: torch.device) -> TrainingState:
     torch.manual_seed(config.generator.seed)
-    generator = TganModel(config.tgan).to(device)
+    generator = TganModel(config.tgan, config.windows).to(device)
     discriminators = Discriminators(config.tgan).to(device)
     lr = config.train.learning_rate
     amp_fp16 = _amp_dtype(config.train, device) == torch.float16
     return TrainingState(
         generator=generator,
         discriminators=discriminators,
-        optimizer_g=torch.optim.Adam(generator.parameters(), lr=lr, betas=BETAS),
+        optimizer_g=torch.optim.Adam(_trainable(generator), lr=lr, betas=BETAS),
         optimizer_d=torch.optim.Adam(discriminators.parameters(), lr=lr, betas=BETAS),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_fp16),
     )
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights the optimiser changes: not the frozen viseme conditioner's."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _amp_dtype(train: TrainConfig, device: torch.device) -> torch.dtype | None:
