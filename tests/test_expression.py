@@ -68,6 +68,13 @@ def test_a_monotone_and_silence_keep_the_face_calm(clips: dict[str, np.ndarray])
     assert np.sqrt(np.mean(accented["brows"] ** 2)) > 4.0 * np.sqrt(np.mean(monotone["brows"] ** 2)) + 0.05
 
 
+def test_a_lively_voice_smiles_slightly(clips: dict[str, np.ndarray]) -> None:
+    # The accented words span a wide pitch range; the plain sentence and the monotone do not.
+    smiles = {name: run(clips[name], AppConfig())["smile"] for name in ("accented", "plain", "monotone")}
+    assert 0.2 < smiles["accented"].max() < 0.6, smiles["accented"].max()
+    assert np.abs(smiles["plain"]).max() < 0.1 and np.all(smiles["monotone"] == 0.0)
+
+
 def test_a_real_recording_moves_the_brows() -> None:
     path = Path("/usr/share/sounds/alsa/Front_Center.wav")
     if not path.is_file():

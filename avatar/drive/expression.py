@@ -41,6 +41,7 @@ _BROW_UP_S, _BROW_DOWN_S = 0.08, 0.35
 _NOD_S = 0.3  # length of one nod
 _NOD_GAP_S = 0.35  # least time between nod starts
 _SMILE_S = 1.5  # the tone's smile follows this slowly
+_LIVELY_FROM_ST, _LIVELY_SPAN_ST = 1.1, 0.8  # a range in use above this smiles, fully this much further
 _EPS = 1e-10
 
 
@@ -197,7 +198,7 @@ class ExpressionDriver:
             # The tone: a lively range smiles, a low loud flat stretch frowns; silence drifts to calm.
             smile_target = 0.0
             if voiced:
-                lively = float(np.clip((s.range_st - 2.0) / 3.0, 0.0, 1.0))
+                lively = float(np.clip((s.range_st - _LIVELY_FROM_ST) / _LIVELY_SPAN_ST, 0.0, 1.0))
                 low_tense = float(np.clip((-(st - s.baseline_st) / s.range_st - 1.0), 0.0, 1.0)) * emphasis
                 smile_target = lively - 0.6 * low_tense
             s.smile += (smile_target - s.smile) * self.a_smile
