@@ -58,11 +58,13 @@ _SHAPE_S = 0.06  # smoothing of lip width and rounding
 _EPS = 1e-10
 # With the learned visemes (bench/real_speech_sync.py chose them): the share of the jaw's opening
 # that loudness alone sets (the model's jaw sets the rest), how far the lips spread or round at a
-# certain class, how hard they press at a certain closure (the model hears closures in real voices
-# that are not there; a full press on them shut the mouth against the envelope), and how much a
-# rounded vowel lowers the jaw (the model's jaw already lowers it).
+# certain class (spreading costs the envelope's follow almost nothing, rounding more), how hard
+# they press at a certain closure (the model hears closures in real voices that are not there; a
+# full press on them shut the mouth against the envelope), and how much a rounded vowel lowers the
+# jaw (the model's jaw already lowers it).
 _LEARNED_JAW_BASE = 0.4
-_LEARNED_SHAPE_GAIN = 0.5
+_LEARNED_SPREAD_GAIN = 0.8
+_LEARNED_ROUND_GAIN = 0.5
 _LEARNED_PRESS_GAIN = 0.5
 _LEARNED_ROUND_JAW = 0.15
 _RULES_ROUND_JAW = 0.35  # the band-energy rules' rounded vowels lower the jaw by this share
@@ -140,8 +142,8 @@ class LearnedShapes:
         )
         return MouthShapes(
             openness=openness,
-            spread=_LEARNED_SHAPE_GAIN * p[:, SPREAD],
-            rounding=_LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - shut),
+            spread=_LEARNED_SPREAD_GAIN * p[:, SPREAD],
+            rounding=_LEARNED_ROUND_GAIN * p[:, ROUND] * (1.0 - shut),
             closure=_LEARNED_PRESS_GAIN * shut,
             lip_teeth=smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM)),
             settle=settle,
