@@ -59,9 +59,9 @@ _EPS = 1e-10
 # With the learned visemes (bench/real_speech_sync.py chose them): the share of the jaw's opening
 # that loudness alone sets (the model's jaw sets the rest), how far the lips spread or round at a
 # certain class (spreading costs the envelope's follow almost nothing, rounding more), how hard
-# they press at a certain closure (the model hears closures in real voices that are not there; a
-# full press on them shut the mouth against the envelope), and how much a rounded vowel lowers the
-# jaw (the model's jaw already lowers it).
+# they press at a certain closure unless a nasal murmur confirms it (the model hears closures in
+# real voices that are not there; a full press on them shut the mouth against the envelope), and
+# how much a rounded vowel lowers the jaw (the model's jaw already lowers it).
 _LEARNED_JAW_BASE = 0.4
 _LEARNED_SPREAD_GAIN = 0.8
 _LEARNED_ROUND_GAIN = 0.5
@@ -144,7 +144,7 @@ class LearnedShapes:
             openness=openness,
             spread=_LEARNED_SPREAD_GAIN * p[:, SPREAD],
             rounding=_LEARNED_ROUND_GAIN * p[:, ROUND] * (1.0 - shut),
-            closure=_LEARNED_PRESS_GAIN * shut,
+            closure=shut,
             lip_teeth=smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM)),
             settle=settle,
         )
@@ -226,6 +226,8 @@ class MouthDriver:
         # so syllables inside a loud stretch still move the jaw.
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
+        low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
+        murmur = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
         if self.shapes is not None:
             shapes = self.shapes(samples, past)
             openness, spread, round_target = shapes.openness, shapes.spread, shapes.rounding
@@ -234,14 +236,14 @@ class MouthDriver:
             if shapes.settle is not None:
                 settle = shapes.settle
             # Lips shut only in the quieter frames: a closure heard in loud speech is a mistake
-            # (real voices and rooms fool the model there), while an m or a b's hold is quiet.
-            closure = shapes.closure * (1.0 - x)
+            # (real voices and rooms fool the model there), while an m or a b's hold is quiet. At
+            # half strength on the model's word alone, in full where a nasal murmur confirms it.
+            closure = np.clip(shapes.closure * (1.0 - x) * (_LEARNED_PRESS_GAIN + murmur), 0.0, 1.0)
         else:
             # Vowel shape from band shares (dB of the 100-5000 Hz energy).
             openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
             spread = smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
-            low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
-            closure = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
+            closure = murmur
             round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
 
         gate = active.astype(np.float64)
