@@ -28,7 +28,8 @@ The drive, per frame:
 - press: a nasal murmur also presses the lips together (for portraits whose lips part at rest).
 - lip to teeth (f, v; with the learned shapes only): the lower lip rises to the upper teeth.
 - smoothing: attack `attack_s` on opening, release `release_s` on closing (at the attack rate on
-  closures and on sudden dips inside speech, the holds of b and p).
+  closures and on sudden dips inside speech, the holds of b and p; with the learned shapes also
+  where the model hears the mouth closing: a pause, a consonant, a low jaw).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 
 from avatar.config import SAMPLE_RATE_HZ
 from avatar.drive.viseme_model import VisemeModel
-from avatar.drive.visemes import CLOSED, LIP_TEETH, ROUND, SPREAD
+from avatar.drive.visemes import CLOSED, LIP_TEETH, OTHER, REST, ROUND, SPREAD
 from avatar.generators.warp_rig import smoothstep
 
 _FFT_SIZE = 512  # 32 ms at 16 kHz
@@ -55,12 +56,26 @@ _LEVEL_UP_S = 0.15  # the level rises this fast towards louder frames
 _LEVEL_DOWN_S = 1.5  # and falls this slowly while speech goes on
 _SHAPE_S = 0.06  # smoothing of lip width and rounding
 _EPS = 1e-10
-# With the learned visemes: the share of the jaw's opening that loudness alone sets, and how far the
-# lips spread or round at a certain class (bench/real_speech_sync.py chose them: fuller shapes or
-# a jaw set by the model followed real speech's envelope less closely than loudness alone).
-_LEARNED_JAW_BASE = 0.8
-_LEARNED_SHAPE_GAIN = 0.5
+# With the learned visemes (bench/real_speech_sync.py chose them): the share of the jaw's opening
+# that loudness alone sets (the model's jaw sets the rest), how far the lips spread or round at a
+# certain class (spreading costs the envelope's follow almost nothing, rounding more), how hard
+# they press at a certain closure unless a nasal murmur confirms it (the model hears closures in
+# real voices that are not there; a full press on them shut the mouth against the envelope), and
+# how much a rounded vowel lowers the jaw (the model's jaw already lowers it).
+_LEARNED_JAW_BASE = 0.4
+_LEARNED_SPREAD_GAIN = 0.8
+_LEARNED_ROUND_GAIN = 0.5
+_LEARNED_PRESS_GAIN = 0.5
+_LEARNED_ROUND_JAW = 0.15
+_RULES_ROUND_JAW = 0.35  # the band-energy rules' rounded vowels lower the jaw by this share
 _LIP_TEETH_FROM = 0.25  # the lower lip starts toward the teeth above this probability of f, v
+# The jaw closes at the attack rate where the model hears it closing: from a summed probability of
+# rest, closed, lip-teeth and half the other consonants of _SETTLE_FROM (fully at + _SPAN), or from
+# a jaw of _SETTLE_JAW down (fully at - _SPAN).
+_SETTLE_FROM = 0.3
+_SETTLE_FROM_SPAN = 0.4
+_SETTLE_JAW = 0.4
+_SETTLE_JAW_SPAN = 0.3
 
 
 @dataclass
@@ -98,6 +113,8 @@ class MouthShapes:
     rounding: np.ndarray
     closure: np.ndarray  # lips shut (m, b, p), only in the quieter frames
     lip_teeth: np.ndarray  # lower lip to the upper teeth (f, v)
+    # The jaw is closing: 0 it closes at the release rate .. 1 at the attack rate; None: 0.
+    settle: np.ndarray | None = None
 
 
 # A source of mouth shapes other than the band-energy rules: (windows (B, T), index of t_k) -> shapes.
@@ -113,15 +130,23 @@ class LearnedShapes:
     def __call__(self, samples: np.ndarray, past: int) -> MouthShapes:
         prediction = self.model.predict(samples, past)
         p = prediction.probabilities
-        # The jaw follows loudness first (the envelope); the model's jaw and shapes shade it.
+        # The jaw follows loudness (the envelope), shaded by the model's jaw; the shapes come on top.
         openness = _LEARNED_JAW_BASE + (1.0 - _LEARNED_JAW_BASE) * np.clip(prediction.jaw / 0.9, 0.0, 1.0)
-        closure = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
+        shut = np.clip(p[:, CLOSED] + 0.5 * p[:, LIP_TEETH], 0.0, 1.0)
+        # Closing: a pause, a lip closure, f or v, a consonant (half), or a low jaw; the loudness
+        # follower cannot tell a closing dip from a short one, so it closes at the release rate.
+        closing = p[:, REST] + p[:, CLOSED] + p[:, LIP_TEETH] + 0.5 * p[:, OTHER]
+        settle = np.maximum(
+            smoothstep((closing - _SETTLE_FROM) / _SETTLE_FROM_SPAN),
+            smoothstep((_SETTLE_JAW - prediction.jaw) / _SETTLE_JAW_SPAN),
+        )
         return MouthShapes(
             openness=openness,
-            spread=_LEARNED_SHAPE_GAIN * p[:, SPREAD],
-            rounding=_LEARNED_SHAPE_GAIN * p[:, ROUND] * (1.0 - closure),
-            closure=closure,
+            spread=_LEARNED_SPREAD_GAIN * p[:, SPREAD],
+            rounding=_LEARNED_ROUND_GAIN * p[:, ROUND] * (1.0 - shut),
+            closure=shut,
             lip_teeth=smoothstep((p[:, LIP_TEETH] - _LIP_TEETH_FROM) / (1.0 - _LIP_TEETH_FROM)),
+            settle=settle,
         )
 
 
@@ -185,6 +210,8 @@ class MouthDriver:
         press = np.array([s.press for s in states])
         lip_teeth = np.array([s.lip_teeth for s in states])
         lip_teeth_target = np.zeros(len(states))
+        settle = np.zeros(len(states))
+        round_jaw = _RULES_ROUND_JAW
 
         audible = loud > _FLOOR_DB
         active = audible & (speaking | (loud > np.maximum(level - 8.0, -40.0)))
@@ -199,23 +226,30 @@ class MouthDriver:
         # so syllables inside a loud stretch still move the jaw.
         x = np.clip((loud - (level - _JAW_RANGE_DB)) / _JAW_RANGE_DB, 0.0, 1.0)
         loudness = x**1.3 * (1.0 - 0.35 * (1.0 - x) ** 2)
+        low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
+        murmur = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
         if self.shapes is not None:
             shapes = self.shapes(samples, past)
             openness, spread, round_target = shapes.openness, shapes.spread, shapes.rounding
             lip_teeth_target = shapes.lip_teeth
+            round_jaw = _LEARNED_ROUND_JAW
+            if shapes.settle is not None:
+                settle = shapes.settle
             # Lips shut only in the quieter frames: a closure heard in loud speech is a mistake
-            # (real voices and rooms fool the model there), while an m or a b's hold is quiet.
-            closure = shapes.closure * (1.0 - x)
+            # (real voices and rooms fool the model there), while an m or a b's hold is quiet. At
+            # half strength on the model's word alone, in full where a nasal murmur confirms it.
+            closure = np.clip(shapes.closure * (1.0 - x) * (_LEARNED_PRESS_GAIN + murmur), 0.0, 1.0)
         else:
             # Vowel shape from band shares (dB of the 100-5000 Hz energy).
             openness = smoothstep((f1_open + 14.0) / 11.0)  # "ah": most energy at 500-1200 Hz
             spread = smoothstep((f2_high - np.maximum(f1_open, mid) + 6.0) / 20.0)  # "ee": strong F2 high
-            low_f1 = smoothstep((f1_low - f1_open - 3.0) / 12.0)  # "oo", "ee", "m": F1 low
-            closure = smoothstep((-17.0 - f2_high) / 6.0) * low_f1  # "m": only a murmur below 500 Hz
+            closure = murmur
             round_target = low_f1 * (1.0 - spread) * (1.0 - closure)
 
         gate = active.astype(np.float64)
-        jaw_target = gate * loudness * (0.35 + 0.65 * openness) * (1.0 - 0.9 * closure) * (1.0 - 0.35 * round_target)
+        jaw_target = (
+            gate * loudness * (0.35 + 0.65 * openness) * (1.0 - 0.9 * closure) * (1.0 - round_jaw * round_target)
+        )
         width_target = gate * loudness * np.clip(spread - 0.6 * round_target, -1.0, 1.0)
         round_target = gate * loudness * round_target
 
@@ -232,7 +266,8 @@ class MouthDriver:
 
         closing = jaw_target < jaw
         fast_close = (press_target > 0.5) | dip
-        a_jaw = np.where(closing, np.where(fast_close, self.a_attack, self.a_release), self.a_attack)
+        a_close = np.where(fast_close, self.a_attack, self.a_release + settle * (self.a_attack - self.a_release))
+        a_jaw = np.where(closing, a_close, self.a_attack)
         jaw = jaw + (jaw_target - jaw) * a_jaw
         width = width + (width_target - width) * self.a_shape
         rounding = rounding + (round_target - rounding) * self.a_shape
