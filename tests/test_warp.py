@@ -173,11 +173,12 @@ def test_jaw_follows_speech_envelope(small: tuple[AppConfig, Portrait], speech: 
         assert name in drives[0]
 
 
+@pytest.mark.parametrize("shapes", ["visemes", "spectral"])
 def test_quiet_and_clipped_speech_still_animate(
-    small: tuple[AppConfig, Portrait], speech: np.ndarray, clipped_speech_wav: Path
+    small: tuple[AppConfig, Portrait], speech: np.ndarray, clipped_speech_wav: Path, shapes: str
 ) -> None:
     cfg, portrait = small
-    anim = animator(cfg)
+    anim = animator(cfg, mouth_shapes=shapes)
     jaws = {}
     for name, audio in (
         ("normal", speech),
@@ -258,12 +259,14 @@ def test_cuda_matches_cpu(cfg: AppConfig, portrait: Portrait, speech: np.ndarray
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
-def test_vowel_shapes(small: tuple[AppConfig, Portrait], audio_dir: Path) -> None:
-    """Rounded vowels narrow the lips, spread ones widen them, open ones open the jaw, m presses."""
+@pytest.mark.parametrize("shapes", ["visemes", "spectral"])
+def test_vowel_shapes(small: tuple[AppConfig, Portrait], audio_dir: Path, shapes: str) -> None:
+    """Rounded vowels narrow the lips, spread ones widen them, open ones open the jaw, m presses:
+    with the learned shapes (the default) and with the band-energy rules."""
     from avatar.speech import synthesize_speech
 
     cfg, portrait = small
-    anim = animator(cfg)
+    anim = animator(cfg, mouth_shapes=shapes)
     stats = {}
     for name, text in (("oo", "Who knew? Ooh, you too."), ("ee", "See? Eee, we agree."), ("ah", "Ah, father, ah.")):
         audio = load_audio_file(synthesize_speech(text, audio_dir / f"shape_{name}.wav"))

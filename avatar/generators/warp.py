@@ -75,7 +75,7 @@ _BREATH_SCALE = 0.004  # vertical scale of the shoulders at breathing = 1
 _MIN_BLINK_GAP_S = 0.8
 _SMILE_GAIN = 0.5  # the voice's tone moves the mouth corners at most this share of a full smile
 _NOD_DEG = 1.5  # head dip of a full nod on a stressed syllable
-_PRESS_SHUT_AT = 0.75  # the lips are as shut as the press basis goes from this press on (an m's hold)
+_PRESS_SHUT_AT = 0.5  # the lips are as shut as the press basis goes from this press on (an m's hold)
 _EDGE_HOLD = 0.1  # share of the frame over which the motion fades out toward its edges
 
 
@@ -472,11 +472,12 @@ class WarpAnimator(FrameGenerator[WarpStream]):
                 2.0 * math.pi * s.motion.breath_hz * t + s.motion.breath_phase
             )
             # Pressed lips win over the jaw (the release of an m or b opens it again).
-            drives[i, BASIS_JAW] = mouth[i].jaw * (1.0 - mouth[i].press) * self.config.mouth_open_max
+            press = min(1.0, mouth[i].press / _PRESS_SHUT_AT)
+            drives[i, BASIS_JAW] = mouth[i].jaw * (1.0 - press) * self.config.mouth_open_max
             drives[i, BASIS_WIDTH] = mouth[i].width
             drives[i, BASIS_ROUND] = mouth[i].rounding
-            drives[i, BASIS_PRESS] = min(1.0, mouth[i].press / _PRESS_SHUT_AT)
-            drives[i, BASIS_LIP_TEETH] = mouth[i].lip_teeth * (1.0 - mouth[i].press)
+            drives[i, BASIS_PRESS] = press
+            drives[i, BASIS_LIP_TEETH] = mouth[i].lip_teeth * (1.0 - press)
             drives[i, BASIS_BLINK_L] = drives[i, BASIS_BLINK_R] = blink
             drives[i, BASIS_BROWS] = expression[i].brows
             drives[i, BASIS_WIDEN] = expression[i].widen * (1.0 - blink)

@@ -271,9 +271,12 @@ def paint_mouth(frames: torch.Tensor, inner: torch.Tensor, press: torch.Tensor, 
 
     colour = _tinted(cavity + (tongue - cavity) * tongue_a[:, None, :], mouth)
     colour = colour + (teeth - colour) * teeth_a[:, None, :]
-    # Pressed lips: the sliver left between them becomes the seam, darker in the middle.
-    seam = torch.tensor([0.33, 0.14, 0.13], dtype=dt, device=dev)[None, :, None]
-    seam = _tinted(seam * (0.8 + 0.2 * (1.0 - centre))[:, None, :], mouth)
+    # Pressed lips: the sliver left between them (the fold guard keeps some) is lip, a little
+    # shaded, with the dark line where the lips meet, darker toward the corners.
+    meet = (v - 0.5 * (v_up + v_lo)).abs() / (0.6 * feather + 0.5)
+    line = (1.0 - meet).clamp(0.0, 1.0)
+    shade = 0.8 - (0.35 + 0.15 * (1.0 - centre)) * line
+    seam = mouth.lip_rgb[:, :, None] * shade[:, None, :]
     seam_a = (_smoothstep((press - 0.2) / 0.5) * (1.0 - fade))[:, None]  # (B, 1)
     colour = colour + (seam - colour) * (seam_a / (fade[:, None] + seam_a).clamp_min(1e-6))[:, None, :]
     # The seam also covers a pixel or two below the inner lower lip (landmarks often sit on the teeth).
