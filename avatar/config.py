@@ -160,7 +160,7 @@ class TganConfig:
     audio_features: int = 256
     noise_features: int = 10
     hidden_features: int = 256
-    visemes: bool = False  # the audio GRU also reads the viseme model's probabilities and jaw
+    visemes: bool = True  # the audio GRU also reads the viseme model's probabilities and jaw
 
     def __post_init__(self) -> None:
         for key, value in (("tgan.height_px", self.height_px), ("tgan.width_px", self.width_px)):

@@ -59,7 +59,7 @@ def step_flops(tgan: TganConfig) -> dict[str, float]:
     """GFLOP of one streamed frame and of the identity encoding (once per stream): load-independent."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = TganModel(tgan).eval()
+    model = TganModel(tgan, AppConfig().windows).eval()
     identity = torch.zeros(1, 3, tgan.height_px, tgan.width_px)
     with torch.no_grad():
         counter = FlopCounterMode(display=False)
@@ -84,7 +84,7 @@ def bench_size(
         train=TrainConfig(batch_size=batch, clip_frames=frames),
         generator=GeneratorConfig(device=str(device)),
     )
-    result: dict[str, object] = {"size": f"{height}x{width}", "params": describe(TganModel(tgan))}
+    result: dict[str, object] = {"size": f"{height}x{width}", "params": describe(TganModel(tgan, config.windows))}
     result.update(step_flops(tgan))
 
     # One training step on random data of the right shapes.
@@ -101,7 +101,8 @@ def bench_size(
 
     # Streaming through the FrameGenerator.
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_tgan(Path(tmp) / "bench.safetensors", TganModel(tgan), 0, config.windows, config.video.fps)
+        model = TganModel(tgan, config.windows)
+        path = save_tgan(Path(tmp) / "bench.safetensors", model, 0, config.windows, config.video.fps)
         config = dataclasses.replace(config, generator=dataclasses.replace(config.generator, checkpoint=str(path)))
         generator = load_tgan_generator(config, device=device)
     portrait = default_portrait(config)

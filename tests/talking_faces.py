@@ -20,8 +20,10 @@ from avatar.config import SAMPLE_RATE_HZ, PortraitConfig, TganConfig, VideoConfi
 from avatar.lipsync import audio_envelope
 from avatar.speech import synthesize_speech
 
-TINY = TganConfig(  # a temporal GAN small enough to train in seconds on 2 CPU cores
-    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32
+TINY = TganConfig(  # a temporal GAN small enough to train in seconds on 2 CPU cores (tests/test_tgan.py
+    # and tests/test_train.py also train and load it with viseme conditioning, the default)
+    height_px=64, width_px=48, identity_channels=8, audio_features=32, noise_features=4, hidden_features=32,
+    visemes=False,
 )
 PHRASES = ("Open the window wide.", "Move the boat, my friend.", "Hello, how are you?")
 SIZE_PX = 128

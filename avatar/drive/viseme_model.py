@@ -83,6 +83,9 @@ class WindowFeatures(nn.Module):
     colour drop out) and faded out with each frame's level (noise is not a vowel); then the level
     in dB against the window's loudest frame (silence stays silence)."""
 
+    hann: torch.Tensor
+    mel: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("hann", torch.from_numpy(_frame_window()), persistent=False)
@@ -109,6 +112,7 @@ class VisemeNet(nn.Module):
 
     def __init__(self, channels: int = 48, hidden: int = 64) -> None:
         super().__init__()
+        self.channels, self.hidden = channels, hidden
         self.convs = nn.Sequential(
             nn.Conv1d(N_MELS + 1, channels, 3),
             nn.ReLU(),
@@ -179,6 +183,8 @@ class VisemeConditioner(nn.Module):
     the empty shape that a checkpoint's tensors fill. It never trains (no gradients), and runs in
     float32 outside autocast (the FFT and the log)."""
 
+    lookahead_samples: torch.Tensor
+
     def __init__(self, past_samples: int, channels: int = 48, hidden: int = 64) -> None:
         super().__init__()
         self.past_samples = int(past_samples)
@@ -190,7 +196,7 @@ class VisemeConditioner(nn.Module):
     @classmethod
     def shipped(cls, past_samples: int, path: Path = WEIGHTS_PATH) -> VisemeConditioner:
         model = VisemeModel.load(path)
-        conditioner = cls(past_samples, model.net.convs[0].out_channels, model.net.head[1].out_features)
+        conditioner = cls(past_samples, model.net.channels, model.net.hidden)
         conditioner.net.load_state_dict(model.net.state_dict())
         conditioner.lookahead_samples.fill_(round(model.lookahead_s * SAMPLE_RATE_HZ))
         return conditioner.requires_grad_(False)
