@@ -64,7 +64,7 @@ _EPS = 1e-10
 # how much a rounded vowel lowers the jaw (the model's jaw already lowers it).
 _LEARNED_JAW_BASE = 0.4
 _LEARNED_SPREAD_GAIN = 0.8
-_LEARNED_ROUND_GAIN = 0.5
+_LEARNED_ROUND_GAIN = 0.7
 _LEARNED_PRESS_GAIN = 0.5
 _LEARNED_ROUND_JAW = 0.15
 _RULES_ROUND_JAW = 0.35  # the band-energy rules' rounded vowels lower the jaw by this share
