@@ -71,8 +71,14 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     if audio.dtype == np.int16:
         audio = audio.astype(np.float32) / 32768.0
     with torch.no_grad():
-        features = WindowFeatures().double()(torch.from_numpy(np.asarray(audio, dtype=np.float64)))
+        features = _float64_features()(torch.from_numpy(np.asarray(audio, dtype=np.float64)))
     return np.ascontiguousarray(features.numpy(), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _float64_features() -> WindowFeatures:
+    """One WindowFeatures in float64 for the numpy path (built once, not per frame)."""
+    return WindowFeatures().double()
 
 
 class WindowFeatures(nn.Module):
