@@ -75,6 +75,12 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
 
+def cut_to_lookahead(audio: torch.Tensor, end: int) -> torch.Tensor:
+    """Windows (B, T) cut to `end` samples: the frame time plus the lookahead the model was trained
+    for. A window with more lookahead loses the rest; one with less is padded with silence."""
+    return audio[:, :end] if audio.shape[1] >= end else F.pad(audio, (0, end - audio.shape[1]))
+
+
 @functools.lru_cache(maxsize=1)
 def _float64_features() -> WindowFeatures:
     """One WindowFeatures in float64 for the numpy path (built once, not per frame)."""
@@ -159,19 +165,15 @@ class VisemeModel:
         return cls(net, float(saved["lookahead_s"]))
 
     def predict(self, windows: np.ndarray, past_samples: int) -> VisemePrediction:
-        """Windows (B, past_samples + lookahead) -> the mouth at each window's frame time.
-
-        The model was trained for a lookahead of `self.lookahead_s`; a window with more is cut at
-        that much after the frame time, one with less is padded with its last samples' silence."""
+        """Windows (B, past_samples + lookahead) -> the mouth at each window's frame time (see
+        `cut_to_lookahead` for a window whose lookahead is not the model's)."""
         audio = np.asarray(windows)
+        if audio.dtype == np.int16:
+            audio = audio.astype(np.float32) / 32768.0
         end = past_samples + round(self.lookahead_s * SAMPLE_RATE_HZ)
-        if audio.shape[1] >= end:
-            audio = audio[:, :end]
-        else:
-            audio = np.pad(audio, ((0, 0), (0, end - audio.shape[1])))
-        features = torch.from_numpy(window_features(audio))
         with torch.no_grad():
-            logits, jaw = self.net(features)
+            cut = cut_to_lookahead(torch.from_numpy(np.asarray(audio, dtype=np.float64)), end)
+            logits, jaw = self.net(_float64_features()(cut).float())
         return VisemePrediction(torch.softmax(logits, dim=1).numpy(), jaw.numpy())
 
 
@@ -185,33 +187,28 @@ class VisemeConditioner(nn.Module):
 
     Its weights and the lookahead they were trained for (a buffer) are part of the host model's
     tensors, so a checkpoint keeps the conditioning it was trained with when the shipped viseme
-    weights are retrained. `shipped` starts from the shipped weights; the plain constructor makes
-    the empty shape that a checkpoint's tensors fill. It never trains (no gradients), and runs in
-    float32 outside autocast (the FFT and the log)."""
+    weights are retrained. `shipped` starts from the shipped weights (a checkpoint's tensors then
+    replace them). It never trains (no gradients), and runs in float32 outside autocast (the FFT
+    and the log)."""
 
     lookahead_samples: torch.Tensor
 
-    def __init__(self, past_samples: int, channels: int = 48, hidden: int = 64) -> None:
+    def __init__(self, past_samples: int, lookahead_samples: int, net: VisemeNet) -> None:
         super().__init__()
         self.past_samples = int(past_samples)
         self.features = WindowFeatures()
-        self.net = VisemeNet(channels, hidden)
-        self.register_buffer("lookahead_samples", torch.tensor(round(0.04 * SAMPLE_RATE_HZ), dtype=torch.int64))
+        self.net = net
+        self.register_buffer("lookahead_samples", torch.tensor(int(lookahead_samples), dtype=torch.int64))
         self.requires_grad_(False)
 
     @classmethod
     def shipped(cls, past_samples: int, path: Path = WEIGHTS_PATH) -> VisemeConditioner:
         model = VisemeModel.load(path)
-        conditioner = cls(past_samples, model.net.channels, model.net.hidden)
-        conditioner.net.load_state_dict(model.net.state_dict())
-        conditioner.lookahead_samples.fill_(round(model.lookahead_s * SAMPLE_RATE_HZ))
-        return conditioner.requires_grad_(False)
+        return cls(past_samples, round(model.lookahead_s * SAMPLE_RATE_HZ), model.net)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         with torch.autocast(windows.device.type, enabled=False):
-            audio = windows.float()
-            end = self.past_samples + int(self.lookahead_samples)
-            audio = audio[:, :end] if audio.shape[1] >= end else F.pad(audio, (0, end - audio.shape[1]))
+            audio = cut_to_lookahead(windows.float(), self.past_samples + int(self.lookahead_samples))
             logits, jaw = self.net(self.features(audio))
             return torch.cat([torch.softmax(logits, dim=1), jaw[:, None]], dim=1)
 
