@@ -8,7 +8,7 @@ far end's onset offsets (lips minus voice, ms, > 0: the lips trail) on WebRTC's 
 the Web Audio clock, and their spread; then the spread of the per-run medians, which is what the
 far end's jitter buffers add from run to run. One JSON line at the end holds every number.
 
-    .venv/bin/python bench/call_sync.py --runs 5
+    .venv/bin/python bench/call_sync.py --runs 5 [--mouth-shapes visemes]
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ from tests.av_sync import sync_drive_wav  # noqa: E402
 from tests.conftest import SENTENCE  # noqa: E402
 
 
-def one_run(wav: Path, seconds: float) -> dict[str, Any]:
+def one_run(wav: Path, seconds: float, mouth_shapes: str | None) -> dict[str, Any]:
     """One extension scenario in its own loopback-only namespace; its result JSON."""
-    script = f"ip link set lo up && exec {sys.executable} tests/extension_check.py --wav {wav} --seconds {seconds:.1f}"
+    check = f"tests/extension_check.py --wav {wav} --seconds {seconds:.1f}"
+    if mouth_shapes:
+        check += f" --mouth-shapes {mouth_shapes}"
+    script = f"ip link set lo up && exec {sys.executable} {check}"
     proc = subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -46,12 +49,13 @@ def one_run(wav: Path, seconds: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--mouth-shapes", choices=("spectral", "visemes"), help="default: the config's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wav, seconds = sync_drive_wav(Path(tmp) / "mic.wav", SENTENCE)
         runs = []
         for k in range(args.runs):
-            r = one_run(wav, seconds)
+            r = one_run(wav, seconds, args.mouth_shapes)
             playout, web = r["sync"], r["sync_web_audio"]
             row = {
                 "playout_median_ms": playout["onset_median_ms"], "playout_iqr_ms": playout["onset_iqr_ms"],
@@ -63,6 +67,7 @@ def main() -> None:
     medians = np.asarray([row["playout_median_ms"] for row in runs])
     web = np.asarray([row["web_audio_median_ms"] for row in runs])
     summary = {
+        "mouth_shapes": args.mouth_shapes or "config default",
         "runs": len(runs),
         "playout_median_of_medians_ms": round(float(np.median(medians)), 1),
         "playout_medians_min_ms": round(float(medians.min()), 1),

@@ -7,7 +7,7 @@ origin as secure). The page finds the "Talking portrait" camera, gets it with au
 both tracks through a WebRTC connection to a second RTCPeerConnection in the same page; the far
 end's frames, mouth region and audio level are what is measured.
 
-    python tests/extension_check.py --wav SPEECH.wav [--seconds 6] [--screenshot CALL.png]
+    python tests/extension_check.py --wav SPEECH.wav [--seconds 6] [--screenshot CALL.png] [--mouth-shapes visemes]
 """
 
 from __future__ import annotations
@@ -308,6 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         video={"width_px": 256, "height_px": 256, "fps": 25},
         warp={"head_motion": 0.0, "breathing": 0.0},
     )
+    if args.mouth_shapes is not None:
+        config = with_overrides(config, warp={"mouth_shapes": args.mouth_shapes})
     result: dict[str, Any] = {}
     server = ServerThread(config)
     call = CallPage()
@@ -472,6 +474,7 @@ def main() -> int:
     parser.add_argument("--wav", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--mouth-shapes", choices=("spectral", "visemes"), help="default: the config's")
     return run_and_report(run, parser.parse_args())
 
 
