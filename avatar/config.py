@@ -130,7 +130,7 @@ class WarpConfig:
     breathing: float = 1.0
     mouth_open_max: float = 1.0
     field_scale: int = 4
-    mouth_shapes: str = "spectral"
+    mouth_shapes: str = "visemes"
     expression: float = 1.0
 
     def __post_init__(self) -> None:
