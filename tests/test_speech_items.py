@@ -80,6 +80,12 @@ def _mouth(frames: list[np.ndarray]) -> np.ndarray:
     return np.abs(stack - np.median(stack, axis=0)).mean(axis=(1, 2, 3))
 
 
+def _mouth_from(frames: list[np.ndarray], reference: list[np.ndarray]) -> np.ndarray:
+    """Mean distance of the mouth region of each frame from the median of `reference` frames."""
+    ref = np.median(np.stack([f[150:200, 95:160].astype(np.float32) for f in reference]), axis=0)
+    return np.asarray([np.abs(f[150:200, 95:160].astype(np.float32) - ref).mean() for f in frames])
+
+
 def _between(times: list[float], values: list[Any], t0: float, t1: float) -> list[Any]:
     return [v for t, v in zip(times, values, strict=False) if t0 <= t < t1]
 
@@ -108,8 +114,14 @@ async def test_say_and_play_move_the_mouth_and_come_back_as_voice(server: Signal
             voice = _between(r.audio_times, r.audio_rms, times[item], ends[item])
             assert np.percentile(during, 90) > 3 * max(1.0, float(np.median(rest))), (item, during, rest)
             assert np.percentile(voice, 75) > 0.02, (item, voice)
-        after = _between(r.video_frame_times, list(mouth), t_spoken + 0.3, t_spoken + 0.8)
-        assert max(after) < 4.0, after  # at rest again
+        # At rest again: the mouth looks as it did before the portrait spoke (the median of those
+        # frames), far closer to it than while speaking. (Not the median of all frames: with the
+        # learned shapes the mouth is open for most of them, and that median is a half-open mouth.)
+        before = _between(r.video_frame_times, r.video_frames, 0.3, times["greeting"] - 0.1)
+        at_rest = _mouth_from(r.video_frames, before)
+        after = _between(r.video_frame_times, list(at_rest), t_spoken + 0.3, t_spoken + 0.8)
+        spoken = _between(r.video_frame_times, list(at_rest), times["greeting"], ends["speech-2"])
+        assert max(after) < 0.25 * float(np.percentile(spoken, 90)), (after, np.percentile(spoken, 90))
         quiet = _between(r.audio_times, r.audio_rms, t_spoken + 0.2, t_spoken + 0.8)
         assert quiet and max(quiet) < 0.005, quiet
     finally:
