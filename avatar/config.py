@@ -19,6 +19,8 @@ from avatar.errors import ConfigError
 SAMPLE_RATE_HZ = 16_000
 """The one sample rate inside the chain: every input is resampled to 16 kHz mono int16 at the edge."""
 
+MOUTH_SHAPES = ("visemes", "spectral")  # [warp] mouth_shapes: the learned model, the band-energy rules
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -135,7 +137,7 @@ class WarpConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.mouth_shapes in ("spectral", "visemes"),
+            self.mouth_shapes in MOUTH_SHAPES,
             "warp.mouth_shapes",
             'must be "spectral" (band-energy rules) or "visemes" (the learned model)',
         )

@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from avatar.config import MOUTH_SHAPES  # noqa: E402
 from tests.av_sync import sync_drive_wav  # noqa: E402
 from tests.conftest import SENTENCE  # noqa: E402
 
@@ -49,7 +50,7 @@ def one_run(wav: Path, seconds: float, mouth_shapes: str | None) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--mouth-shapes", choices=("spectral", "visemes"), help="default: the config's")
+    parser.add_argument("--mouth-shapes", choices=MOUTH_SHAPES, help="default: the config's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wav, seconds = sync_drive_wav(Path(tmp) / "mic.wav", SENTENCE)

@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from skimage.data import astronaut  # noqa: E402
 
-from avatar.config import AppConfig, with_overrides  # noqa: E402
+from avatar.config import MOUTH_SHAPES, AppConfig, with_overrides  # noqa: E402
 from avatar.portrait import default_portrait, load_portrait  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -474,7 +474,7 @@ def main() -> int:
     parser.add_argument("--wav", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--screenshot", type=Path)
-    parser.add_argument("--mouth-shapes", choices=("spectral", "visemes"), help="default: the config's")
+    parser.add_argument("--mouth-shapes", choices=MOUTH_SHAPES, help="default: the config's")
     return run_and_report(run, parser.parse_args())
 
 

@@ -74,16 +74,15 @@ async def _started(srv: SignalingServer, *, microphone: bool = True) -> tuple[Cl
     return client, Events(client), welcome
 
 
-def _mouth(frames: list[np.ndarray]) -> np.ndarray:
-    """Mean distance of the mouth region from its median over the frames (256x256 astronaut)."""
-    stack = np.stack([f[150:200, 95:160].astype(np.float32) for f in frames])
-    return np.abs(stack - np.median(stack, axis=0)).mean(axis=(1, 2, 3))
+def _mouth(frames: list[np.ndarray], reference: list[np.ndarray] | None = None) -> np.ndarray:
+    """Mean distance of the mouth region (256x256 astronaut) of each frame from the median of
+    `reference` (default: the frames themselves)."""
 
+    def region(fs: list[np.ndarray]) -> np.ndarray:
+        return np.stack([f[150:200, 95:160].astype(np.float32) for f in fs])
 
-def _mouth_from(frames: list[np.ndarray], reference: list[np.ndarray]) -> np.ndarray:
-    """Mean distance of the mouth region of each frame from the median of `reference` frames."""
-    ref = np.median(np.stack([f[150:200, 95:160].astype(np.float32) for f in reference]), axis=0)
-    return np.asarray([np.abs(f[150:200, 95:160].astype(np.float32) - ref).mean() for f in frames])
+    median = np.median(region(frames if reference is None else reference), axis=0)
+    return np.abs(region(frames) - median).mean(axis=(1, 2, 3))
 
 
 def _between(times: list[float], values: list[Any], t0: float, t1: float) -> list[Any]:
@@ -118,7 +117,7 @@ async def test_say_and_play_move_the_mouth_and_come_back_as_voice(server: Signal
         # frames), far closer to it than while speaking. (Not the median of all frames: with the
         # learned shapes the mouth is open for most of them, and that median is a half-open mouth.)
         before = _between(r.video_frame_times, r.video_frames, 0.3, times["greeting"] - 0.1)
-        at_rest = _mouth_from(r.video_frames, before)
+        at_rest = _mouth(r.video_frames, before)
         after = _between(r.video_frame_times, list(at_rest), t_spoken + 0.3, t_spoken + 0.8)
         spoken = _between(r.video_frame_times, list(at_rest), times["greeting"], ends["speech-2"])
         assert max(after) < 0.25 * float(np.percentile(spoken, 90)), (after, np.percentile(spoken, 90))

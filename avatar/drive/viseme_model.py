@@ -65,13 +65,18 @@ def _frame_window() -> np.ndarray:
     return np.hanning(FRAME_SAMPLES).astype(np.float32)
 
 
-def window_features(windows: np.ndarray) -> np.ndarray:
-    """(B, T >= CONTEXT_SAMPLES) audio windows, float in [-1, 1] or int16 -> (B, N_MELS + 1, N_FRAMES)."""
+def _audio_tensor(windows: np.ndarray) -> torch.Tensor:
+    """Audio windows, float in [-1, 1] or int16, as one float64 tensor in [-1, 1]."""
     audio = np.asarray(windows)
     if audio.dtype == np.int16:
         audio = audio.astype(np.float32) / 32768.0
+    return torch.from_numpy(np.asarray(audio, dtype=np.float64))
+
+
+def window_features(windows: np.ndarray) -> np.ndarray:
+    """(B, T >= CONTEXT_SAMPLES) audio windows, float in [-1, 1] or int16 -> (B, N_MELS + 1, N_FRAMES)."""
     with torch.no_grad():
-        features = _float64_features()(torch.from_numpy(np.asarray(audio, dtype=np.float64)))
+        features = _float64_features()(_audio_tensor(windows))
     return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
 
@@ -167,12 +172,9 @@ class VisemeModel:
     def predict(self, windows: np.ndarray, past_samples: int) -> VisemePrediction:
         """Windows (B, past_samples + lookahead) -> the mouth at each window's frame time (see
         `cut_to_lookahead` for a window whose lookahead is not the model's)."""
-        audio = np.asarray(windows)
-        if audio.dtype == np.int16:
-            audio = audio.astype(np.float32) / 32768.0
         end = past_samples + round(self.lookahead_s * SAMPLE_RATE_HZ)
         with torch.no_grad():
-            cut = cut_to_lookahead(torch.from_numpy(np.asarray(audio, dtype=np.float64)), end)
+            cut = cut_to_lookahead(_audio_tensor(windows), end)
             logits, jaw = self.net(_float64_features()(cut).float())
         return VisemePrediction(torch.softmax(logits, dim=1).numpy(), jaw.numpy())
 
